@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+.PHONY: install test demo data benchmark clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip' 'setuptools<81' wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q tests
+
+# Fashion-MNIST from Debian's package, when apt is available and the files are missing.
+data:
+	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) ; fi
+
+demo: install data
+	$(PY) examples/mnist/train_mnist.py --dataset fashion-mnist --arch mlp --out result/mnist
+
+benchmark: install
+	$(PY) benchmarks/run.py --out result/benchmark.json
+
+clean:
+	rm -rf $(VENV) result

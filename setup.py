@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='chainer-influence',
+    version='0.1.0',
+    description='Influence functions (Koh & Liang 2017) for Chainer',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['chainer_influence', 'chainer_influence.*']),
+    python_requires='>=3.8,<3.12',
+    install_requires=[
+        'chainer==7.8.1',
+        'numpy>=1.21,<2',
+        'setuptools<81',  # Chainer imports pkg_resources at import time
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest', 'scikit-learn', 'scipy'],
+        'gpu': ['cupy'],
+    },
+)
