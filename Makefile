@@ -8,7 +8,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade 'pip' 'setuptools<81' wheel
+	$(PY) -m pip install -q --upgrade 'pip' 'setuptools<74' wheel
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

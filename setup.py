@@ -11,7 +11,7 @@ setup(
     install_requires=[
         'chainer==7.8.1',
         'numpy>=1.21,<2',
-        'setuptools<81',  # Chainer imports pkg_resources at import time
+        'setuptools<74',  # Chainer imports pkg_resources and numpy.distutils at import time
         'matplotlib',
     ],
     extras_require={
