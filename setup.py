@@ -13,9 +13,10 @@ setup(
         'numpy>=1.21,<2',
         'setuptools<74',  # Chainer imports pkg_resources and numpy.distutils at import time
         'matplotlib',
+        'scipy',  # L-BFGS retraining in validation
     ],
     extras_require={
-        'test': ['pytest', 'scikit-learn', 'scipy'],
+        'test': ['pytest', 'scikit-learn'],
         'gpu': ['cupy'],
     },
 )

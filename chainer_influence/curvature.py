@@ -1,0 +1,138 @@
+"""Hessian-vector products of the training objective by double backprop.
+
+The objective is R(theta) = (1/N) sum_i L(z_i, theta) + (weight_decay / 2) ||theta||^2 over the
+tracked parameters; ``H`` below is its Hessian (damping is the solvers' business, not added here).
+"""
+import numpy
+
+import chainer
+import chainer.functions as F
+
+from chainer_influence.batches import dataset_length, get_batch, iterate_batches
+from chainer_influence.parameters import ParameterSpace
+
+
+def random_batch_indices(random_state, n, batch_size):
+    """``min(batch_size, n)`` distinct indices in [0, n), sorted, drawn from a numpy RandomState."""
+    return numpy.sort(random_state.choice(n, min(batch_size, n), replace=False))
+
+
+class Curvature(object):
+    """Hessian of R(theta) = (1/N) sum_i L(z_i) + weight_decay/2 ||theta||^2 over the tracked params.
+
+    Args:
+        model (chainer.Link): the trained model (an ``L.Classifier`` is unwrapped).
+        loss_fn: ``loss_fn(model, *batch)`` -> per-example losses, a Variable of shape (B,),
+            twice differentiable.
+        train: a Chainer dataset of tuples, or a tuple of arrays (x, t, ...).
+        params (list of str or None): tracked parameter names; None tracks all.
+        weight_decay (float): as in ``chainer.optimizer_hooks.WeightDecay(rate)``.
+        batch_size (int): examples per forward pass when summing over the training set.
+        device: Chainer device spec the batches are sent to (see ``get_batch``).
+
+    Nothing here keeps a graph alive between calls, and the parameters' ``.grad`` is never touched.
+    """
+
+    def __init__(self, model, loss_fn, train, params=None, weight_decay=0.0, batch_size=256,
+                 device=None):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train = train
+        self.space = ParameterSpace(model, params)
+        self.n_train = dataset_length(train, 'training set')
+        self.weight_decay = float(weight_decay)
+        self.batch_size = int(batch_size)
+        self.device = device
+
+    @property
+    def xp(self):
+        return self.space.xp
+
+    @property
+    def dtype(self):
+        return self.space.params[0].dtype
+
+    def as_rows(self, V):
+        """V as a (K, P) array on the model's device; a (P,) vector becomes K = 1."""
+        V = self.xp.asarray(V)
+        if V.ndim == 1:
+            V = V[None]
+        if V.ndim != 2 or V.shape[1] != self.space.size:
+            raise ValueError('expected V of shape (K, P={}), got {}'.format(
+                self.space.size, V.shape))
+        return V
+
+    def hvp(self, V, indices=None):
+        """H V for V of shape (K, P) (or (P,)); returns the same shape, on the model's device.
+
+        ``indices=None``: the loss term is the exact mean over all N training examples, summed in
+        batches of ``batch_size`` weighted by (batch length / N). Otherwise it is the mean over the
+        examples at ``indices`` (a minibatch estimate). The weight-decay term is always added.
+        """
+        squeeze = numpy.ndim(V) == 1
+        V = self.as_rows(V)
+        out = self.weight_decay * V
+        if indices is None:
+            for begin, end, batch in iterate_batches(self.train, self.batch_size, self.device):
+                out += (end - begin) / float(self.n_train) * self._batch_hvp(batch, V)
+        else:
+            out += self._batch_hvp(get_batch(self.train, indices, self.device), V)
+        return out[0] if squeeze else out
+
+    def _batch_hvp(self, batch, V):
+        """Hessian of the mean loss over one batch times each row of V: (K, P).
+
+        One first-order graph (built with double backprop) serves all K rows; it is dropped when
+        this method returns.
+        """
+        params = self.space.params
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+            loss = F.mean(self.loss_fn(self.model, *batch))
+            grads = chainer.grad([loss], params, enable_double_backprop=True)
+            # Gradients that are constant in theta (None, or without a creator) add no curvature.
+            linked = [i for i, g in enumerate(grads) if g is not None and g.creator is not None]
+            rows = self.xp.zeros(V.shape, dtype=V.dtype)
+            for k in range(V.shape[0] if linked else 0):
+                v = self.space.unflatten(V[k].astype(self.dtype, copy=False))
+                hv = chainer.grad(
+                    [grads[i] for i in linked], params,
+                    grad_outputs=[chainer.Variable(v[self.space.names[i]]) for i in linked])
+                rows[k] = self.space.flatten(
+                    [self.xp.zeros(p.shape, p.dtype) if h is None else h.array
+                     for h, p in zip(hv, params)])
+        return rows
+
+    def dense_hessian(self, block_size=None):
+        """The full (P, P) Hessian from HVPs on blocks of identity rows, symmetrised.
+
+        Costs P full-training-set HVPs; meant for P up to about 1e4. ``block_size`` rows of the
+        identity go through each pass over the data (default: ~4M elements per block).
+        """
+        P = self.space.size
+        if block_size is None:
+            block_size = max(1, min(P, (1 << 22) // P))
+        H = self.xp.empty((P, P), dtype=self.dtype)
+        eye = self.xp.eye(P, dtype=self.dtype)
+        for begin in range(0, P, block_size):
+            end = min(begin + block_size, P)
+            H[begin:end] = self.hvp(eye[begin:end])
+        return (H + H.T) / 2
+
+    def top_eigenvalue(self, n_iter=20, indices=None, seed=0):
+        """Power-iteration estimate of the largest |eigenvalue| of H (a float >= 0).
+
+        Returns |v^T H v| for the final unit iterate v, a lower bound on the true value that
+        approaches it as ``n_iter`` grows. ``indices`` restricts the loss term to those examples.
+        """
+        rng = numpy.random.RandomState(seed)
+        v = self.xp.asarray(rng.standard_normal(self.space.size).astype(self.dtype))
+        v /= self.xp.linalg.norm(v)
+        estimate = 0.0
+        for _ in range(n_iter):
+            hv = self.hvp(v, indices)
+            estimate = abs(float(v.dot(hv)))
+            norm = float(self.xp.linalg.norm(hv))
+            if norm == 0.0:
+                break
+            v = hv / norm
+        return estimate

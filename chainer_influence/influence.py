@@ -1,0 +1,256 @@
+"""Influence of training examples on test losses (Koh & Liang 2017).
+
+Signs (see the design contract): ``influence[m, i] = - grad L(z_test_m)^T (H + damping I)^-1
+grad L(z_i)``. Negative: z_i is helpful (up-weighting it lowers the test loss). Positive: harmful.
+Removing z_i changes the test loss by about ``-influence / N``.
+
+Scoring streams once over the training set: the per-example gradient hook contracts each
+example's gradient with the M s_test vectors inside the backward pass, so memory does not grow
+with N and no (N, P) array is ever built.
+"""
+import sys
+
+import numpy
+
+import chainer
+import chainer.functions as F
+
+from chainer_influence import solvers as solvers_module
+from chainer_influence.batches import dataset_length, get_batch, iterate_batches
+from chainer_influence.cache import ScoreCache, fingerprint, hash_arrays
+from chainer_influence.curvature import Curvature
+from chainer_influence.hooks import PerSampleGradientHook
+from chainer_influence.losses import softmax_cross_entropy_loss
+from chainer_influence.progress import Progress
+from chainer_influence.rankings import to_host
+
+EXACT_MAX_PARAMS = 2000      # default solver: Exact up to this many tracked parameters,
+CG_MAX_TRAIN = 20000         # CG up to this many training examples, LiSSA beyond.
+SCORE_BLOCK = 8192           # training examples per cached block of scores
+
+
+def default_solver(n_params, n_train):
+    """Exact for small P, CG for moderate N, LiSSA for large N."""
+    if n_params <= EXACT_MAX_PARAMS:
+        return solvers_module.ExactSolver()
+    if n_train <= CG_MAX_TRAIN:
+        return solvers_module.CGSolver()
+    return solvers_module.LiSSASolver()
+
+
+class InfluenceFunctions(object):
+    """Influence functions of a trained model over a training set.
+
+    Args:
+        model (chainer.Link): trained model (an ``L.Classifier`` is unwrapped by the loss).
+        train: Chainer dataset of tuples (e.g. ``TupleDataset``) or a tuple of arrays.
+        loss_fn: ``loss_fn(model, *batch)`` -> per-example losses (B,), twice differentiable.
+        solver: ``ExactSolver``, ``CGSolver`` or ``LiSSASolver``; None picks one by size.
+        weight_decay (float): the training objective's L2 term, as ``WeightDecay(rate)``.
+        damping (float): solves use H + damping I.
+        params (list of str): parameter names to restrict to (e.g. the last layer); None: all.
+        batch_size (int): examples per forward/backward pass over the training set.
+        device: Chainer device spec; None uses the model's device.
+        cache_dir (str): where s_test and score blocks are cached; None: no cache.
+        progress (bool): progress bars on a terminal.
+
+    Everything runs under ``chainer.using_config('train', False)``; the model's parameters and
+    their ``.grad`` are left untouched. Score matrices are returned as numpy arrays, s_test on the
+    model's device.
+    """
+
+    def __init__(self, model, train, loss_fn=softmax_cross_entropy_loss, solver=None,
+                 weight_decay=0.0, damping=0.0, params=None, batch_size=256, device=None,
+                 cache_dir=None, progress=True):
+        self.model = model
+        self.train = train
+        self.n_train = dataset_length(train, 'training set')
+        self.loss_fn = loss_fn
+        self.weight_decay = float(weight_decay)
+        self.damping = float(damping)
+        self.batch_size = int(batch_size)
+        self.device = self._check_device(model, device)
+        self.progress = progress
+        self.curvature = Curvature(model, loss_fn, train, params=params,
+                                   weight_decay=weight_decay, batch_size=batch_size,
+                                   device=self.device)
+        self.space = self.curvature.space
+        self.param_names = list(self.space.names)
+        if solver is None:
+            solver = default_solver(self.space.size, self.n_train)
+            self._say('solver=None: using {} for P={} parameters and N={} training '
+                      'examples'.format(type(solver).__name__, self.space.size, self.n_train))
+        self.solver = solver
+        self._train_shapes = [a.shape[1:] for a in get_batch(train, [0])]
+        self._key = None
+        self._cache_dir = cache_dir
+
+    # ---- public API ----------------------------------------------------------------------
+    def s_test(self, test):
+        """(M, P) = (H + damping I)^-1 grad L(z_test) for the M test points, one solve."""
+        batch = self._test_batch(test)
+        cache = self._cache()
+        name = 's_test_' + self._test_key(batch)
+        cached = cache.load(name)
+        if cached is not None:
+            return self.space.xp.asarray(cached)
+        grads = self._gradients(batch)
+        s = self.solver.solve(self.curvature, grads, damping=self.damping)
+        _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
+        cache.save(name, s)
+        return s
+
+    def influence(self, test, s_test=None):
+        """(M, N) I_up,loss for every (test point, training example) pair; see module docstring.
+
+        One streaming pass over the training set; ``s_test`` (M, P) skips the solve.
+        """
+        batch = self._test_batch(test)
+        if s_test is None:
+            s_test = self.s_test(batch)
+        s_test = self.space.xp.asarray(s_test)
+        if s_test.ndim != 2 or s_test.shape != (len(batch[0]), self.space.size):
+            raise ValueError('s_test must have shape (M={}, P={}), got {}'.format(
+                len(batch[0]), self.space.size, s_test.shape))
+        hook = PerSampleGradientHook(self.model, self.param_names)
+        hook.contract_with(s_test.astype(self.space.params[0].dtype, copy=False))
+        prefix = 'scores_{}_{}_'.format(self._test_key(batch), hash_arrays([s_test]).hexdigest()[:8])
+
+        def block_scores(begin, end, train_batch):
+            self._backward(hook, train_batch)
+            return -hook.contractions.T
+
+        return self._stream(prefix, block_scores, 'influence')
+
+    def self_influence(self):
+        """(N,) grad L(z_i)^T (H + damping I)^-1 grad L(z_i); large values flag outliers."""
+        hook = PerSampleGradientHook(self.model, self.param_names)
+
+        def block_scores(begin, end, train_batch):
+            self._backward(hook, train_batch)
+            G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
+            return (G * self.solver.solve(self.curvature, G, damping=self.damping)).sum(axis=1)
+
+        if not isinstance(self.solver, solvers_module.ExactSolver):
+            self._say('self_influence with {} solves once per training example (N={}); '
+                      'ExactSolver factorises once'.format(type(self.solver).__name__,
+                                                            self.n_train))
+        return self._stream('self_influence_', block_scores, 'self-influence')
+
+    def influence_on_params(self, train_indices):
+        """(K, P) I_up,params = -(H + damping I)^-1 grad L(z_i): d theta / d epsilon."""
+        batch = get_batch(self.train, list(train_indices), self.device)
+        return -self.solver.solve(self.curvature, self._gradients(batch), damping=self.damping)
+
+    def perturbation_influence(self, test, train_indices):
+        """(M, K, *x_shape) I_pert,loss = -grad_x [grad L(z_test)^T (H + damping I)^-1
+        grad_theta L(z_i)]: how the test loss moves when training input x_i is perturbed.
+        """
+        s_test = self.s_test(test)
+        x, *rest = get_batch(self.train, list(train_indices), self.device)
+        if x.dtype.kind != 'f':
+            raise TypeError(
+                'perturbation influence differentiates with respect to the training input, which '
+                'must be floating point; got {} (token ids or labels have no input gradient)'
+                .format(x.dtype))
+        x = chainer.Variable(x)
+        out = []
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+            losses = self.loss_fn(self.model, x, *rest)
+            grads = chainer.grad([F.sum(losses)], self.space.params, enable_double_backprop=True)
+            for s in s_test:
+                parts = self.space.unflatten(s)
+                dot = sum(F.sum(g * parts[name]) for g, name in zip(grads, self.space.names)
+                          if g is not None)
+                gx, = chainer.grad([dot], [x])
+                out.append(-gx.array)
+        return to_host(self.space.xp.stack(out))
+
+    # ---- internals -----------------------------------------------------------------------
+    def _stream(self, prefix, block_scores, title):
+        """Concatenate ``block_scores`` over the training set in cached blocks: (..., N)."""
+        cache = self._cache()
+        blocks = []
+        with Progress(self.n_train, title, enabled=self.progress) as bar:
+            for begin in range(0, self.n_train, SCORE_BLOCK):
+                end = min(begin + SCORE_BLOCK, self.n_train)
+                name = '{}{}_{}'.format(prefix, begin, end)
+                block = cache.load(name)
+                if block is None:
+                    parts = [to_host(block_scores(b, e, batch)) for b, e, batch in
+                             self._batches(begin, end, bar)]
+                    block = numpy.concatenate(parts, axis=-1)
+                    _check_finite(block, title + ' scores')
+                    cache.save(name, block)
+                else:
+                    bar.update(end - begin)
+                blocks.append(block)
+        return numpy.concatenate(blocks, axis=-1)
+
+    def _batches(self, begin, end, bar):
+        for b, e, batch in iterate_batches(self.train, self.batch_size, self.device, begin, end):
+            yield b, e, batch
+            bar.update(e - b)
+
+    def _backward(self, hook, batch):
+        with chainer.using_config('train', False), hook:
+            hook.backward(self.loss_fn(self.model, *batch))
+
+    def _gradients(self, batch):
+        """Flat per-example gradients (B, P) of a (small) batch."""
+        hook = PerSampleGradientHook(self.model, self.param_names)
+        self._backward(hook, batch)
+        G = self.space.flatten(hook.gradients, lead_shape=(len(batch[0]),))
+        _check_finite(G, 'per-example gradients')
+        return G
+
+    def _test_batch(self, test):
+        """Test points as a tuple of device arrays, checked against the training data's shapes."""
+        n = dataset_length(test, 'test set')
+        batch = get_batch(test, numpy.arange(n), self.device)
+        shapes = [a.shape[1:] for a in batch]
+        if shapes != self._train_shapes:
+            raise ValueError('test examples have shapes {} but training examples have {}'.format(
+                shapes, self._train_shapes))
+        return batch
+
+    def _test_key(self, batch):
+        return hash_arrays(batch).hexdigest()[:12]
+
+    def _cache(self):
+        if self._key is None:
+            settings = {
+                'loss_fn': getattr(self.loss_fn, '__name__', repr(self.loss_fn)),
+                'solver': repr(self.solver), 'params': self.param_names,
+                'weight_decay': self.weight_decay, 'damping': self.damping,
+                'n_train': self.n_train,
+            }
+            sample = numpy.linspace(0, self.n_train - 1, min(self.n_train, 64)).astype(int)
+            self._key = fingerprint([p.array for p in self.space.params],
+                                    get_batch(self.train, sample), settings)
+            self._cache_store = ScoreCache(self._cache_dir, self._key, settings)
+        return self._cache_store
+
+    def _say(self, message):
+        if self.progress:
+            sys.stderr.write('chainer_influence: {}\n'.format(message))
+
+    @staticmethod
+    def _check_device(model, device):
+        model_device = chainer.backend.get_device_from_array(
+            next(iter(model.params())).array)
+        if device is None:
+            return model_device
+        device = chainer.get_device(device)
+        if device != model_device:
+            raise ValueError('the model is on {} but device={}: move it with '
+                             'model.to_device({!r}) first'.format(model_device, device, str(device)))
+        return device
+
+
+def _check_finite(array, what):
+    xp = chainer.backend.get_array_module(array)
+    if not bool(xp.isfinite(array).all()):
+        raise FloatingPointError(
+            'non-finite values in {}: check the model for NaN/inf parameters or losses, or add '
+            'damping'.format(what))
