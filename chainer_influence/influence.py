@@ -221,7 +221,7 @@ class InfluenceFunctions(object):
         if self._key is None:
             settings = {
                 'loss_fn': getattr(self.loss_fn, '__name__', repr(self.loss_fn)),
-                'solver': repr(self.solver), 'params': self.param_names,
+                'solver': _describe(self.solver), 'params': self.param_names,
                 'weight_decay': self.weight_decay, 'damping': self.damping,
                 'n_train': self.n_train,
             }
@@ -246,6 +246,14 @@ class InfluenceFunctions(object):
             raise ValueError('the model is on {} but device={}: move it with '
                              'model.to_device({!r}) first'.format(model_device, device, str(device)))
         return device
+
+
+def _describe(solver):
+    """A solver's type and scalar settings (not its diagnostics), for the cache fingerprint."""
+    settings = {k: v for k, v in sorted(vars(solver).items())
+                if not k.startswith('_') and k != 'progress'
+                and isinstance(v, (int, float, str, bool, type(None)))}
+    return '{}({})'.format(type(solver).__name__, settings)
 
 
 def _check_finite(array, what):
