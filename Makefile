@@ -17,10 +17,13 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests
 
-# Fashion-MNIST from Debian's package, when apt is available and the files are missing.
+# Fashion-MNIST (full 70k IDX files) from Debian's package, when missing and apt is available.
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 data:
-	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
-	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) ; fi
+	@if [ ! -e $(FASHION) ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist); fi
 
 demo: install data
 	$(PY) examples/mnist/train_mnist.py --dataset fashion-mnist --arch mlp --out result/mnist

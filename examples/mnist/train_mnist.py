@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Train on (Fashion-)MNIST with Chainer's Trainer and rank training images by influence.
+
+After training, ``InfluenceExtension`` writes, under ``<out>/influence/``: ``rankings.json``,
+``rankings.csv``, ``influence.npz``, ``top_influential.png`` (each test image beside its most
+helpful and most harmful training images) and ``self_influence.png``; ``<out>/log`` holds the
+training log with the ``influence/...`` entries.
+
+    python examples/mnist/train_mnist.py --dataset fashion-mnist --arch mlp
+"""
+import argparse
+import sys
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+from chainer import training
+from chainer.training import extensions
+
+import chainer_influence as ci
+
+
+class LogisticRegression(chainer.Chain):
+    def __init__(self, n_out=10):
+        super().__init__()
+        with self.init_scope():
+            self.fc = L.Linear(None, n_out)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class MLP(chainer.Chain):
+    def __init__(self, n_units=100, n_out=10):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(None, n_units)
+            self.l2 = L.Linear(n_units, n_units)
+            self.fc = L.Linear(n_units, n_out)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.l2(F.relu(self.l1(x)))))
+
+
+class CNN(chainer.Chain):
+    def __init__(self, n_out=10):
+        super().__init__()
+        with self.init_scope():
+            self.conv1 = L.Convolution2D(1, 16, ksize=5, pad=2)
+            self.conv2 = L.Convolution2D(16, 32, ksize=5, pad=2)
+            self.l1 = L.Linear(None, 64)
+            self.fc = L.Linear(64, n_out)
+
+    def forward(self, x):
+        h = F.max_pooling_2d(F.relu(self.conv1(x)), 2)
+        h = F.max_pooling_2d(F.relu(self.conv2(h)), 2)
+        return self.fc(F.relu(self.l1(h)))
+
+
+ARCHS = {'logreg': LogisticRegression, 'mlp': MLP, 'cnn': CNN}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset', choices=('fashion-mnist', 'mnist'), default='fashion-mnist',
+                        help='fashion-mnist reads IDX files from --data-dir or Debian\'s package '
+                             'dataset-fashion-mnist; mnist uses Chainer\'s downloader (internet)')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder with the Fashion-MNIST IDX files (default: '
+                             '/usr/share/datasets/fashion-mnist/)')
+    parser.add_argument('--arch', choices=sorted(ARCHS), default='mlp',
+                        help='logreg: multinomial logistic regression; mlp: 784-100-100-10; '
+                             'cnn: two 5x5 conv layers with pooling')
+    parser.add_argument('--epochs', type=int, default=5, help='training epochs')
+    parser.add_argument('--batchsize', type=int, default=128, help='training minibatch size')
+    parser.add_argument('--lr', type=float, default=0.05, help='MomentumSGD learning rate')
+    parser.add_argument('--weight-decay', type=float, default=1e-4,
+                        help='WeightDecay optimizer hook; influence reads it from there')
+    parser.add_argument('--train-size', type=int, default=None,
+                        help='use only the first N training images (default: all 60,000)')
+    parser.add_argument('--test-indices', type=int, nargs='+', default=list(range(8)),
+                        help='test images to explain')
+    parser.add_argument('--top-k', type=int, default=6,
+                        help='helpful and harmful training images kept per test image')
+    parser.add_argument('--influence-params', choices=('last', 'all'), default=None,
+                        help='last: only the output layer (the paper\'s choice for Inception; '
+                             'convex, exact solver); all: every parameter (default: all for '
+                             'logreg, last otherwise)')
+    parser.add_argument('--solver', choices=('auto', 'exact', 'cg', 'lissa'), default='auto',
+                        help='inverse-HVP solver; auto picks Exact for small parameter counts')
+    parser.add_argument('--damping', type=float, default=0.01,
+                        help='solve (H + damping I); needed when H is not positive definite')
+    parser.add_argument('--influence-batchsize', type=int, default=2000,
+                        help='examples per pass when computing Hessian-vector products and '
+                             'scores (larger is faster, uses more memory)')
+    parser.add_argument('--no-self-influence', action='store_true',
+                        help='skip self-influence (mislabel candidates) over the training set')
+    parser.add_argument('--device', '-d', default='@numpy',
+                        help='Chainer device spec, e.g. @numpy or @cupy:0')
+    parser.add_argument('--out', '-o', default='result/mnist', help='output folder')
+    return parser.parse_args(argv)
+
+
+def load(args):
+    try:
+        if args.dataset == 'mnist':
+            train, test = ci.load_mnist(ndim=3 if args.arch == 'cnn' else 1)
+        else:
+            train, test = ci.load_fashion_mnist(args.data_dir, ndim=3 if args.arch == 'cnn' else 1)
+    except ci.DataNotFoundError as e:
+        sys.exit('error: {}'.format(e))
+    if args.train_size:
+        train = chainer.datasets.SubDataset(train, 0, args.train_size)
+    return train, test
+
+
+def make_solver(name):
+    return {'auto': None, 'exact': ci.ExactSolver(), 'cg': ci.CGSolver(),
+            'lissa': ci.LiSSASolver()}[name]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = chainer.get_device(args.device)
+    train, test = load(args)
+    model = L.Classifier(ARCHS[args.arch]())
+    with chainer.using_config('train', False):
+        model.predictor(test[0][0][None])  # initialise lazy parameters
+    model.to_device(device)
+    device.use()
+
+    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
+
+    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
+    test_iter = chainer.iterators.SerialIterator(test, 1000, repeat=False, shuffle=False)
+    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
+    trainer = training.Trainer(updater, (args.epochs, 'epoch'), out=args.out)
+    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
+    trainer.extend(extensions.LogReport())
+
+    scope = args.influence_params or ('all' if args.arch == 'logreg' else 'last')
+    params = None if scope == 'all' else ['/fc/W', '/fc/b']
+    trainer.extend(ci.InfluenceExtension(
+        train, test, test_indices=args.test_indices, top_k=args.top_k,
+        solver=make_solver(args.solver), params=params, damping=args.damping,
+        self_influence=not args.no_self_influence, batch_size=args.influence_batchsize,
+        class_names=list(ci.CLASS_NAMES[args.dataset])))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
+         'validation/main/accuracy', 'influence/time', 'elapsed_time']))
+    trainer.run()
+    print('influence rankings and figures: {}/influence/'.format(args.out))
+
+
+if __name__ == '__main__':
+    main()
