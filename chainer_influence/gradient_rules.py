@@ -79,37 +79,42 @@ def _grouped_outer(a, cols, groups):
     return _xp(a).matmul(a, cols.transpose(0, 1, 3, 2))
 
 
-class Convolution2DRule(Rule):
+class _ConvolutionRule(Rule):
+    """Shared by convolution and deconvolution: the weight gradient of one example is the sum
+    over positions of one operand times the kernel-sized patches of the other."""
+
+    def operands(self, x, gy):
+        """(patched, other): im2col is applied to ``patched``; ``other`` supplies W's first axis."""
+        raise NotImplementedError
+
+    def gradient(self, function, in_data, out_grad, index, B):
+        gy = out_grad[0]
+        if index == 2:
+            return gy.sum(axis=(2, 3))
+        W, f = in_data[1], function
+        patched, other = self.operands(in_data[0], gy)
+        col = _im2col(patched, W.shape[2], W.shape[3], f.sy, f.sx, f.ph, f.pw, f.cover_all,
+                      f.dy, f.dx)
+        if col.shape[4:] != other.shape[2:]:
+            raise RuntimeError('convolution geometry mismatch: patches {} vs {}'.format(
+                col.shape, other.shape))
+        cols = col.reshape(B, -1, other.shape[2] * other.shape[3])
+        g = _grouped_outer(other.reshape(B, other.shape[1], -1), cols, f.groups)
+        return g.reshape((B,) + W.shape)
+
+
+class Convolution2DRule(_ConvolutionRule):
     """W (C_out, C_in/G, kh, kw): per example, sum over output positions of gy x patch."""
 
-    def gradient(self, function, in_data, out_grad, index, B):
-        gy = out_grad[0]
-        if index == 2:
-            return gy.sum(axis=(2, 3))
-        x, W = in_data[0], in_data[1]
-        f = function
-        col = _im2col(x, W.shape[2], W.shape[3], f.sy, f.sx, f.ph, f.pw, f.cover_all, f.dy, f.dx)
-        cols = col.reshape(B, -1, gy.shape[2] * gy.shape[3])
-        g = _grouped_outer(gy.reshape(B, gy.shape[1], -1), cols, f.groups)
-        return g.reshape((B,) + W.shape)
+    def operands(self, x, gy):
+        return x, gy
 
 
-class Deconvolution2DRule(Rule):
+class Deconvolution2DRule(_ConvolutionRule):
     """W (C_in, C_out/G, kh, kw): per example, sum over input positions of x times gy patch."""
 
-    def gradient(self, function, in_data, out_grad, index, B):
-        gy = out_grad[0]
-        if index == 2:
-            return gy.sum(axis=(2, 3))
-        x, W = in_data[0], in_data[1]
-        f = function
-        col = _im2col(gy, W.shape[2], W.shape[3], f.sy, f.sx, f.ph, f.pw, f.cover_all, f.dy, f.dx)
-        if col.shape[4:] != x.shape[2:]:
-            raise RuntimeError('deconvolution geometry mismatch: {} vs {}'.format(
-                col.shape, x.shape))
-        cols = col.reshape(B, col.shape[1] * col.shape[2] * col.shape[3], -1)
-        g = _grouped_outer(x.reshape(B, x.shape[1], -1), cols, f.groups)
-        return g.reshape((B,) + W.shape)
+    def operands(self, x, gy):
+        return gy, x
 
 
 class EmbedIDRule(Rule):
