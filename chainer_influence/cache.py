@@ -8,11 +8,11 @@ settings; a cache made for anything else lives under another fingerprint and is 
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 
 import numpy
 
+from chainer_influence.files import atomic_write
 from chainer_influence.rankings import to_host
 
 
@@ -49,7 +49,7 @@ class ScoreCache(object):
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, 'settings.json')
         if not os.path.exists(path):
-            _atomic_write(path, lambda f: f.write(
+            atomic_write(path, lambda f: f.write(
                 json.dumps(settings, sort_keys=True, indent=1, default=str).encode()))
 
     def load(self, name):
@@ -61,7 +61,7 @@ class ScoreCache(object):
 
     def save(self, name, array):
         if self.directory is not None:
-            _atomic_write(os.path.join(self.directory, name + '.npy'),
+            atomic_write(os.path.join(self.directory, name + '.npy'),
                           lambda f: numpy.save(f, to_host(array)))
 
 
@@ -69,15 +69,3 @@ def _subdirs(path):
     if not os.path.isdir(path):
         return []
     return [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))]
-
-
-def _atomic_write(path, write):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -33,10 +33,10 @@ kind is ``helpful`` or ``harmful``, rank counts from 1 (1 = most helpful / most 
 import csv
 import json
 import os
-import tempfile
 
 import numpy
 
+from chainer_influence.files import atomic_write
 from chainer_influence.rankings import to_host
 from chainer_influence.rankings import top_influential
 
@@ -158,24 +158,6 @@ class InfluenceReport(object):
                    **arrays)
 
 
-def _atomic_write(path, write, binary):
-    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                               suffix='.tmp')
-    try:
-        mode, encoding, newline = ('wb', None, None) if binary else ('w', 'utf-8', '')
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return path
-
-
 class Writer(object):
     """Base of the file writers: ``writer(report, out_dir)`` writes ``out_dir/filename``.
 
@@ -189,7 +171,7 @@ class Writer(object):
 
     def __call__(self, report, out_dir):
         path = os.path.join(out_dir, self.filename)
-        return _atomic_write(path, lambda f: self.write(report, f), self.binary)
+        return atomic_write(path, lambda f: self.write(report, f), self.binary)
 
     def write(self, report, f):
         raise NotImplementedError

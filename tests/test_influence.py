@@ -180,8 +180,9 @@ def test_cache_resumes_after_interruption(mlp_problem, monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         first.influence(tests)
     (key,) = os.listdir(str(tmp_path))
-    blocks = [f for f in os.listdir(str(tmp_path / key)) if f.startswith('scores_')]
-    assert len(blocks) == 2 and not any(f.startswith('.tmp') for f in blocks)
+    files = os.listdir(str(tmp_path / key))
+    assert len([f for f in files if f.startswith('scores_')]) == 2
+    assert not any(f.endswith('.tmp') for f in files)  # no half-written block left behind
 
     calls['n'] = -10 ** 6  # no more interruptions; count the batches recomputed
     resumed = ci.InfluenceFunctions(model, train, cache_dir=str(tmp_path), **kwargs)

@@ -1,0 +1,21 @@
+"""Atomic file writes: readers never see a half-written file."""
+import os
+import tempfile
+
+
+def atomic_write(path, write, binary=True):
+    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    try:
+        mode, encoding, newline = ('wb', None, None) if binary else ('w', 'utf-8', '')
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return path
