@@ -92,7 +92,10 @@ class PerSampleGradientHook(chainer.FunctionHook):
         if V.ndim != 2 or V.shape[1] != self.space.size:
             raise ValueError('V must have shape (K, P={}), got {}'.format(
                 self.space.size, V.shape))
-        self._vectors = self.space.unflatten(V)
+        # contiguous per parameter: views of V's column blocks would be copied in every batch
+        xp = chainer.backend.get_array_module(V)
+        self._vectors = {name: xp.ascontiguousarray(v)
+                         for name, v in self.space.unflatten(V).items()}
 
     # ---- the backward pass -------------------------------------------------------------
     def backward(self, losses):

@@ -1,0 +1,1 @@
+"""Benchmarks of chainer_influence (run ``python benchmarks/run.py --help``)."""
