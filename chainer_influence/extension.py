@@ -60,9 +60,10 @@ class InfluenceExtension(extension.Extension):
       the device from the updater, and ``weight_decay`` from a ``WeightDecay`` optimizer hook;
     * computes I_up,loss of every training example on each test point (negative = helpful,
       positive = harmful) and, with ``self_influence=True``, the self-influence of each example;
-    * reports ``influence/time``, ``influence/n_test``, ``influence/n_train`` and numeric solver
-      diagnostics (``influence/solver/...``) through ``chainer.reporter``, so ``LogReport`` and
-      ``PrintReport`` show them;
+    * reports ``<out>/time``, ``<out>/n_test``, ``<out>/n_train`` and numeric solver
+      diagnostics (``<out>/solver/...``) through ``chainer.reporter``, so ``LogReport`` and
+      ``PrintReport`` show them (``out`` is ``influence`` by default; two extensions with
+      different ``out`` keep apart in the log);
     * writes ``rankings.json``, ``rankings.csv`` and ``influence.npz`` (see
       :mod:`chainer_influence.reporting`) and the figures ``top_influential.png`` (and
       ``self_influence.png``) under ``trainer.out/<out>/``, next to ``log``. Runs on another
@@ -81,7 +82,7 @@ class InfluenceExtension(extension.Extension):
         params (list of str): parameter names to restrict to (e.g. the last layer).
         damping (float): solves use H + damping I.
         weight_decay (float or None): None reads it from the optimizer's ``WeightDecay`` hook.
-        out (str): output folder under ``trainer.out``.
+        out (str): output folder under ``trainer.out``, and the prefix of the reported keys.
         writers (list): callables ``writer(report, out_dir)``; None: JSON, CSV and NPZ.
         plot (bool): write the figures.
         self_influence (bool): also compute self-influence for every training example.
@@ -191,13 +192,14 @@ class InfluenceExtension(extension.Extension):
                                           os.path.join(out_dir, 'self_influence.png'))
 
     def _report(self, calc, seconds):
-        values = {'influence/time': seconds, 'influence/n_test': len(self.test_indices),
-                  'influence/n_train': calc.n_train}
+        prefix = self.out + '/'
+        values = {prefix + 'time': seconds, prefix + 'n_test': len(self.test_indices),
+                  prefix + 'n_train': calc.n_train}
         for key, value in getattr(calc.solver, 'diagnostics', {}).items():
             value = numpy.asarray(value)
             if value.dtype.kind in 'biuf' and value.size >= 1:
                 # per-column diagnostics are summarised by their worst (largest) value
-                values['influence/solver/' + key] = float(value.max() if value.ndim else value)
+                values[prefix + 'solver/' + key] = float(value.max() if value.ndim else value)
         reporter.report(values)
 
 

@@ -55,11 +55,14 @@ class ExactSolver(object):
                             'condition_number': w_max / w_min if w_min > 0 else float('inf')}
         cutoff = len(w) * numpy.finfo(w.dtype).eps * max(abs(w_min), abs(w_max))
         if w_min <= cutoff:
-            needed = damping - w_min
+            # eigenvalues below the cutoff are rounding noise in this dtype: lift them above it
+            needed = damping - w_min + cutoff
             raise NotPositiveDefiniteError(
                 'H + damping I is not positive definite: its smallest eigenvalue is {:.6g} '
-                '(largest {:.6g}) at damping={:g}. Use damping > {:.3g}, e.g. damping={:.3g}.'
-                .format(w_min, w_max, damping, needed, needed + 1e-3 * abs(w_max)))
+                '(largest {:.6g}; values below {:.3g} are not distinguishable from 0 in {}) at '
+                'damping={:g}. Use damping > {:.3g}, e.g. damping={:.3g}.'
+                .format(w_min, w_max, cutoff, w.dtype, damping, needed,
+                        needed + 1e-3 * abs(w_max)))
         return (V.dot(Q) / w).dot(Q.T)
 
     def decompose(self, curvature):

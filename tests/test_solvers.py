@@ -342,3 +342,20 @@ def test_progress_bar_only_on_a_terminal(digits_logreg, monkeypatch):
     with pytest.warns(UserWarning):
         ci.CGSolver(max_iter=2, tol=0.0, progress=False).solve(curvature, G)
     assert quiet.getvalue() == ''
+
+
+def test_exact_advice_is_a_damping_that_works():
+    """Tiny positive eigenvalues below float32 precision: the suggested damping must solve."""
+    rng = numpy.random.RandomState(0)
+    x = (rng.randn(200, 20) * 100).astype(numpy.float32)
+    t = rng.randint(0, 3, size=200).astype(numpy.int32)
+    model = chainer.links.Linear(20, 3)
+    model(x[:1])
+    curvature = ci.Curvature(model, ci.softmax_cross_entropy_loss, (x, t), weight_decay=1e-3)
+    g = numpy.ones((1, curvature.space.size), dtype=numpy.float32)
+    solver = ci.ExactSolver()
+    with pytest.raises(ci.NotPositiveDefiniteError) as info:
+        solver.solve(curvature, g, damping=0.0)
+    suggested = float(re.search(r'e\.g\. damping=([0-9.e+-]+)\.', str(info.value)).group(1))
+    assert suggested > 0
+    assert numpy.isfinite(solver.solve(curvature, g, damping=suggested)).all()

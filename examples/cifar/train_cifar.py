@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Train a small ResNet or VGG on CIFAR-10 with Chainer's Trainer and rank training images by
+influence, from the last layer only, from all parameters, or both side by side.
+
+After training, ``InfluenceExtension`` writes, under ``<out>/influence_last/`` and/or
+``<out>/influence_all/``: ``rankings.json``, ``rankings.csv``, ``influence.npz`` and
+``top_influential.png`` (each test image beside its most helpful and most harmful training
+images), plus ``self_influence.png`` for last-layer influence; ``<out>/log`` holds the training
+log with the ``influence_last/...`` and ``influence_all/...`` entries. With
+``--influence-params both``, ``<out>/influence_comparison.json`` compares the two rankings.
+
+Influence scopes:
+
+* last: ``/fc/W`` and ``/fc/b`` only, P = 10 * (features + 1) (650 for the ResNet, 1,290 for
+  the VGG): the loss is convex there, the exact solver (dense Hessian) is affordable, damping
+  ``--damping-last``; also self-influence. A few passes over the training set: minutes on a
+  CPU for a few thousand images.
+* all: every parameter (78,000 for the ResNet, 205,000 for the VGG): CG (default) or LiSSA on
+  Hessian-vector products, damping ``--damping-all``. The network's Hessian is indefinite, so
+  the damping is raised tenfold when a solve fails (``--damping-retries``). Each CG iteration
+  costs one pass over the training set per test point (a double backward each): use a GPU, or
+  a CPU only for a few hundred training images.
+
+No data augmentation: influence functions explain the training set the model actually saw.
+
+    # CPU, minutes: last-layer influence of a ResNet-8 trained on 2,000 images
+    python examples/cifar/train_cifar.py --train-size 2000 --test-size 1000 --epochs 10
+    # GPU: last-layer and all-parameter influence side by side
+    python examples/cifar/train_cifar.py --train-size 5000 --epochs 20 \\
+        --influence-params both --device @cupy:0
+"""
+import argparse
+import os
+import sys
+
+import numpy
+
+import chainer
+import chainer.links as L
+from chainer import training
+from chainer.training import extensions
+
+import chainer_influence as ci
+
+import compare_influence
+from cifar_models import ARCHS, LAST_LAYER
+
+SCOPES = ('last', 'all')
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's layout and shows each option's default."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--data-dir', default=None,
+                      help='folder with the CIFAR-10 python batches (data_batch_1..5, '
+                           'test_batch, from cifar-10-python.tar.gz); default: Chainer\'s '
+                           'downloader (internet on first use, cached in '
+                           '$CHAINER_DATASET_ROOT)')
+    data.add_argument('--train-size', type=int, default=None,
+                      help='use only the first N training images (default: all 50,000); '
+                           'influence costs grow linearly with N')
+    data.add_argument('--test-size', type=int, default=None,
+                      help='evaluate on the first N test images only (default: all 10,000)')
+
+    model = parser.add_argument_group('model and training')
+    model.add_argument('--arch', choices=sorted(ARCHS), default='resnet',
+                       help='resnet: ResNet with BatchNormalization, residual blocks, global '
+                            'average pooling; vgg: VGG-style CNN without BatchNormalization, '
+                            'two Linear layers')
+    model.add_argument('--width', type=int, default=16,
+                       help='channels of the first stage (doubled in each of the next two)')
+    model.add_argument('--blocks', type=int, default=1,
+                       help='resnet: residual blocks per stage (1: ResNet-8, 3: ResNet-20)')
+    model.add_argument('--epochs', type=int, default=10, help='training epochs')
+    model.add_argument('--batchsize', type=int, default=128, help='training minibatch size')
+    model.add_argument('--lr', type=float, default=0.05, help='MomentumSGD learning rate')
+    model.add_argument('--weight-decay', type=float, default=5e-4,
+                       help='WeightDecay optimizer hook; influence reads it from there (it '
+                            'makes the last-layer Hessian positive definite)')
+
+    influence = parser.add_argument_group('influence')
+    influence.add_argument('--influence-params', choices=SCOPES + ('both',), default='last',
+                           help='last: /fc/W and /fc/b with the exact solver; all: every '
+                                'parameter with --solver; both: run both and write '
+                                'influence_comparison.json')
+    influence.add_argument('--test-indices', type=int, nargs='+', default=list(range(8)),
+                           help='test images to explain')
+    influence.add_argument('--top-k', type=int, default=6,
+                           help='helpful and harmful training images kept per test image (also '
+                                'the size of the compared sets)')
+    influence.add_argument('--damping-last', type=float, default=0.01,
+                           help='damping of the last-layer solve (H + damping I); with weight '
+                                'decay H is positive definite, damping keeps the float32 '
+                                'eigendecomposition well conditioned')
+    influence.add_argument('--damping-all', type=float, default=0.01,
+                           help='damping of the all-parameter solve (see --damping-retries)')
+    influence.add_argument('--damping-retries', type=int, default=2,
+                           help='when a solve finds H + damping I not positive definite or '
+                                'diverges (LiSSA), retry with 10x the damping, at most this '
+                                'many times; rankings.json records the damping used')
+    influence.add_argument('--solver', choices=('cg', 'lissa'), default='cg',
+                           help='all-parameter solver: cg (full-training-set Hessian-vector '
+                                'products, deterministic) or lissa (minibatch recursion, for '
+                                'large training sets)')
+    influence.add_argument('--cg-iterations', type=int, default=50,
+                           help='CG: most iterations (each is one pass over the training set)')
+    influence.add_argument('--cg-tol', type=float, default=1e-3,
+                           help='CG: relative residual at which a test point\'s solve stops')
+    influence.add_argument('--lissa-depth', type=int, default=1000,
+                           help='LiSSA: recursion steps (one minibatch HVP each)')
+    influence.add_argument('--lissa-batchsize', type=int, default=64,
+                           help='LiSSA: training examples per minibatch Hessian')
+    influence.add_argument('--influence-batchsize', type=int, default=256,
+                           help='examples per pass when computing Hessian-vector products and '
+                                'scores (larger is faster, uses more memory)')
+    influence.add_argument('--no-self-influence', action='store_true',
+                           help='skip last-layer self-influence (mislabel candidates); '
+                                'all-parameter self-influence is never computed, it needs one '
+                                'solve per training image')
+    influence.add_argument('--no-progress', action='store_true',
+                           help='no progress bars for the influence passes')
+
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of numpy\'s global random state (initial weights, minibatch '
+                             'order, dropout on the CPU)')
+    parser.add_argument('--device', '-d', default='@numpy',
+                        help='Chainer device spec, e.g. @numpy or @cupy:0')
+    parser.add_argument('--out', '-o', default='result/cifar', help='output folder')
+    return parser.parse_args(argv)
+
+
+def load(args):
+    """``(train, test)`` cut to --train-size/--test-size; exits with a message without data."""
+    try:
+        train, test = ci.load_cifar10(args.data_dir)
+    except ci.DataNotFoundError as e:
+        sys.exit('error: {}'.format(e))
+    if args.train_size:
+        train = chainer.datasets.SubDataset(train, 0, min(args.train_size, len(train)))
+    if args.test_size:
+        test = chainer.datasets.SubDataset(test, 0, min(args.test_size, len(test)))
+    return train, test
+
+
+def make_model(args):
+    """The ``--arch`` network inside an ``L.Classifier``."""
+    if args.arch == 'resnet':
+        return L.Classifier(ARCHS['resnet'](width=args.width, n_blocks=args.blocks))
+    return L.Classifier(ARCHS['vgg'](width=args.width))
+
+
+class RetryingInfluenceExtension(ci.InfluenceExtension):
+    """``InfluenceExtension`` that, when the solve finds ``H + damping I`` not positive definite
+    (Exact, CG) or diverges (LiSSA), multiplies a positive ``damping`` by 10 and tries again, at
+    most ``retries`` times; the damping used is in the settings of ``rankings.json``.
+    """
+
+    def __init__(self, *args, retries=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retries = retries
+
+    def __call__(self, trainer):
+        for attempt in range(self.retries + 1):
+            try:
+                return super().__call__(trainer)
+            except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:
+                if attempt == self.retries or self.damping <= 0:
+                    raise
+                print('{}: {}\n{}: retrying with damping={:g}'.format(
+                    self.out, e, self.out, self.damping * 10), file=sys.stderr)
+                self.damping *= 10
+
+
+def make_influence_extension(scope, train, test, args):
+    """The extension for scope 'last' (exact solver) or 'all' (``--solver``), writing into
+    ``<out>/influence_<scope>/``."""
+    if scope == 'last':
+        solver, params, damping = ci.ExactSolver(), LAST_LAYER, args.damping_last
+    else:
+        params, damping = None, args.damping_all
+        solver = (ci.CGSolver(max_iter=args.cg_iterations, tol=args.cg_tol,
+                              progress=not args.no_progress) if args.solver == 'cg' else
+                  ci.LiSSASolver(depth=args.lissa_depth, batch_size=args.lissa_batchsize,
+                                 progress=not args.no_progress))
+    return RetryingInfluenceExtension(
+        train, test, test_indices=args.test_indices, top_k=args.top_k, solver=solver,
+        params=params, damping=damping, out='influence_' + scope,
+        self_influence=scope == 'last' and not args.no_self_influence,
+        class_names=list(ci.CLASS_NAMES['cifar10']), batch_size=args.influence_batchsize,
+        cache=False,  # a new training run never matches the cache's parameter fingerprint
+        progress=not args.no_progress, retries=args.damping_retries)
+
+
+def compare(influence, args):
+    """Write ``<out>/influence_comparison.json`` for the two scopes and print its summary."""
+    comparison = compare_influence.compare_reports(
+        {scope: ext.report for scope, ext in influence.items()}, args.top_k)
+    path = compare_influence.write_comparison(
+        comparison, os.path.join(args.out, 'influence_comparison.json'))
+    print(compare_influence.summary(comparison))
+    print('comparison: {}'.format(path))
+    return comparison
+
+
+def make_trainer(model, train, test, args, device, eval_batchsize=500):
+    """A Trainer for ``args.epochs`` epochs: MomentumSGD (``args.lr``) with a WeightDecay hook
+    (``args.weight_decay``, which InfluenceExtension reads), minibatches of ``args.batchsize``,
+    an Evaluator on ``test`` and a LogReport, writing into ``args.out``."""
+    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
+    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
+    test_iter = chainer.iterators.SerialIterator(test, eval_batchsize, repeat=False,
+                                                 shuffle=False)
+    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
+    trainer = training.Trainer(updater, (args.epochs, 'epoch'), out=args.out)
+    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
+    trainer.extend(extensions.LogReport())
+    return trainer
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    numpy.random.seed(args.seed)
+    device = chainer.get_device(args.device)
+    train, test = load(args)
+    model = make_model(args)
+    model.to_device(device)
+    device.use()
+
+    trainer = make_trainer(model, train, test, args, device)
+    scopes = SCOPES if args.influence_params == 'both' else (args.influence_params,)
+    influence = {scope: make_influence_extension(scope, train, test, args) for scope in scopes}
+    for scope, extension in influence.items():
+        trainer.extend(extension, name='influence_' + scope)
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
+         'validation/main/accuracy'] + ['influence_{}/time'.format(s) for s in scopes] +
+        ['elapsed_time']))
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:
+        sys.exit('error: {}'.format(e))
+    for scope in scopes:
+        print('influence ({}): {}'.format(scope, os.path.join(args.out, 'influence_' + scope)))
+    if len(influence) == 2:
+        compare(influence, args)
+
+
+if __name__ == '__main__':
+    main()
