@@ -6,6 +6,7 @@ receives a tracked parameter, a rule turns the function's retained inputs and it
 dot products with K given vectors, (B, K), without building the (B, P) gradients.
 See :mod:`chainer_influence.gradient_rules` for the rules.
 """
+import contextlib
 import warnings
 
 import chainer
@@ -126,7 +127,7 @@ class PerSampleGradientHook(chainer.FunctionHook):
 
     def _active(self):
         if self.name in chainer.get_function_hooks():
-            return _NullContext()
+            return contextlib.nullcontext()
         return self
 
     def _check_sums(self, batch_grads):
@@ -203,14 +204,6 @@ class PerSampleGradientHook(chainer.FunctionHook):
                 'PerSampleGradientHook has no vectorised rule for {}; using the per-example '
                 'fallback (one backward of this function per example, slower).'.format(kind),
                 gradient_rules.FallbackWarning)
-
-
-class _NullContext(object):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def per_sample_gradients(model, loss_fn, batch, params=None, flat=False):
