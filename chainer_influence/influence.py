@@ -114,7 +114,9 @@ class InfluenceFunctions(object):
                 len(batch[0]), self.space.size, s_test.shape))
         hook = PerSampleGradientHook(self.model, self.param_names)
         hook.contract_with(s_test.astype(self.space.params[0].dtype, copy=False))
-        prefix = 'scores_{}_{}_'.format(self._test_key(batch), hash_arrays([s_test]).hexdigest()[:8])
+        prefix = 'scores_'
+        if self._cache_dir is not None:  # hashing 100 s_test vectors is not free
+            prefix += '{}_{}_'.format(self._test_key(batch), hash_arrays([s_test]).hexdigest()[:8])
 
         def block_scores(begin, end, train_batch):
             self._backward(hook, train_batch)
