@@ -28,3 +28,6 @@ from chainer_influence.solvers import LiSSASolver  # NOQA
 from chainer_influence.solvers import NotPositiveDefiniteError  # NOQA
 from chainer_influence.influence import InfluenceFunctions  # NOQA
 from chainer_influence.extension import InfluenceExtension  # NOQA
+from chainer_influence.losses import hinge_loss  # NOQA
+from chainer_influence.losses import signed_margins  # NOQA
+from chainer_influence.losses import smooth_hinge_loss  # NOQA

@@ -1,0 +1,129 @@
+"""Plumbing shared by the validation scripts: common options, data subsets, models, results.
+
+Not a script; the scripts next to it import it (their folder is on ``sys.path`` when run).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy
+
+import chainer
+import chainer.links as L
+
+import chainer_influence as ci
+from chainer_influence.batches import get_batch
+
+DIGITS_TEST = 500  # digits: size of the fixed test split (seed 0); the rest is the training pool
+
+
+def make_parser(description, out, n_train, classes=None, dataset='fashion-mnist'):
+    """An ArgumentParser with the options every script shares; defaults shown in ``--help``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--out', default=out,
+                        help='folder for the JSON results and PNG figures (created)')
+    parser.add_argument('--dataset', choices=('fashion-mnist', 'digits'), default=dataset,
+                        help='fashion-mnist: 28x28 images from IDX files (Debian package '
+                        'dataset-fashion-mnist); digits: scikit-learn\'s bundled 8x8 digits '
+                        '(needs scikit-learn installed)')
+    parser.add_argument('--data-dir', default=None,
+                        help='folder of the Fashion-MNIST IDX files; None: '
+                        '/usr/share/datasets/fashion-mnist')
+    parser.add_argument('--classes', type=_class_list, default=classes,
+                        help='comma-separated class ids to keep, relabelled 0..K-1 in the given '
+                        'order; None: all classes')
+    parser.add_argument('--n-train', type=int, default=n_train,
+                        help='training examples drawn at random (--seed) from the training split')
+    parser.add_argument('--weight-decay', type=float, default=0.01,
+                        help='L2 term weight_decay/2 ||theta||^2 of the training objective')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the training subset, of the test points chosen and of any '
+                        'other random draw')
+    parser.add_argument('--progress', action='store_true', help='progress bars on stderr')
+    return parser
+
+
+def _class_list(text):
+    return [int(c) for c in text.split(',')]
+
+
+def load_data(args):
+    """``((x, t), (x_test, t_test))``: float64 inputs flattened to (N, D), int32 labels.
+
+    ``args.n_train`` training examples drawn at random (``args.seed``) from the training split,
+    restricted to ``args.classes`` (relabelled 0..K-1); the test split holds all of its examples
+    of those classes.
+    """
+    if args.dataset == 'fashion-mnist':
+        train, test = ci.load_fashion_mnist(args.data_dir)
+    else:
+        digits = ci.load_digits()
+        train, test = ci.train_test_split(digits, DIGITS_TEST, seed=0)
+    x, t = _select(train, args.classes)
+    if args.n_train > len(x):
+        raise SystemExit('--n-train {} exceeds the {} training examples available'.format(
+            args.n_train, len(x)))
+    keep = numpy.sort(numpy.random.RandomState(args.seed).permutation(len(x))[:args.n_train])
+    return (x[keep], t[keep]), _select(test, args.classes)
+
+
+def _select(dataset, classes):
+    x, t = get_batch(dataset, numpy.arange(len(dataset)))
+    x = x.reshape(len(x), -1).astype(numpy.float64)
+    if classes is None:
+        return x, t.astype(numpy.int32)
+    keep = numpy.isin(t, classes)
+    relabel = {c: k for k, c in enumerate(classes)}
+    return x[keep], numpy.array([relabel[int(c)] for c in t[keep]], dtype=numpy.int32)
+
+
+def linear_model(n_in, n_out):
+    """A float64 ``L.Linear`` without bias, initialised at zero (logistic regression, SVM)."""
+    with chainer.using_config('dtype', numpy.float64):
+        return L.Linear(n_in, n_out, nobias=True, initialW=chainer.initializers.Zero())
+
+
+def pick_test_points(n_available, n_test, seed, among=None):
+    """``n_test`` distinct test indices drawn with ``RandomState(seed)`` (from ``among``)."""
+    pool = numpy.arange(n_available) if among is None else numpy.asarray(among)
+    return numpy.sort(numpy.random.RandomState(seed).choice(pool, n_test, replace=False))
+
+
+class Results(object):
+    """Collects results, times the run, writes ``results.json`` under ``out``."""
+
+    def __init__(self, args):
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        self.data = {'settings': vars(args)}
+        self.start = time.time()
+
+    def path(self, name):
+        return os.path.join(self.out, name)
+
+    def write(self):
+        self.data['wall_time_s'] = round(time.time() - self.start, 1)
+        with open(self.path('results.json'), 'w') as f:
+            json.dump(self.data, f, indent=1, default=_jsonable)
+        return self.path('results.json')
+
+
+def _jsonable(value):
+    if isinstance(value, numpy.ndarray):
+        return value.tolist()
+    if isinstance(value, numpy.generic):
+        return value.item()
+    raise TypeError('cannot write {!r} to JSON'.format(type(value)))
+
+
+def print_summary(title, lines, results):
+    """One screen: a title, the result lines, the wall time and where the files are."""
+    print('=' * 72)
+    print(title)
+    print('-' * 72)
+    for line in lines:
+        print(line)
+    print('-' * 72)
+    print('wall time {:.0f} s; results in {}'.format(time.time() - results.start, results.out))
