@@ -297,7 +297,8 @@ def loo_validation(model, loss_fn, train, test, scores, retrain, n_remove=100, c
         candidates: boolean (N,) mask of the training examples that may be removed; None: all.
     Returns:
         dict: ``removed`` (M, R) training indices, ``actual`` (M, R) measured changes, and
-        ``methods``: name -> {``predicted`` (M, R), ``pearson`` (M,), ``spearman`` (M,)}.
+        ``methods``: name -> {``predicted`` (M, R), ``pearson`` (M,), ``spearman`` (M,),
+        ``slope`` (M,): least-squares slope of actual on predicted, 1 when the sizes agree}.
     """
     names = list(scores)
     reference = numpy.asarray(scores[names[0]])
@@ -318,6 +319,7 @@ def loo_validation(model, loss_fn, train, test, scores, retrain, n_remove=100, c
             'predicted': predicted,
             'pearson': numpy.array([pearson(p, a) for p, a in zip(predicted, actual)]),
             'spearman': numpy.array([spearman(p, a) for p, a in zip(predicted, actual)]),
+            'slope': numpy.array([numpy.polyfit(p, a, 1)[0] for p, a in zip(predicted, actual)]),
         }
     return {'removed': removed, 'actual': actual, 'methods': methods}
 

@@ -146,6 +146,19 @@ def test_fit_hinge_svm_matches_liblinear_also_with_an_example_removed():
         numpy.testing.assert_allclose(theta, svc.coef_[0], atol=1e-5)
 
 
+@pytest.mark.filterwarnings('ignore::sklearn.exceptions.ConvergenceWarning')
+def test_hinge_svm_retrainer_fits_a_bias_like_liblinear():
+    (x, t), _ = digits(250, 0, classes=SVM_CLASSES)
+    with chainer.using_config('dtype', numpy.float64):
+        model = L.Linear(64, 1, initialW=chainer.initializers.Zero())
+    validation.HingeSVMRetrainer(SVM_WEIGHT_DECAY)(model, (x, t), numpy.ones(len(x)))
+    # liblinear's intercept is a constant-1 feature under the same L2 penalty
+    svc = LinearSVC(loss='hinge', C=1.0 / (SVM_WEIGHT_DECAY * len(x)), intercept_scaling=1.0,
+                    tol=1e-12, max_iter=200000).fit(x, t)
+    numpy.testing.assert_allclose(model.W.array[0], svc.coef_[0], atol=1e-5)
+    numpy.testing.assert_allclose(model.b.array, svc.intercept_, atol=1e-5)
+
+
 # ---- retrainers ------------------------------------------------------------------------------
 def test_momentum_sgd_retrainer_reaches_the_weighted_optimum():
     (x, t), _ = digits(100, 0)

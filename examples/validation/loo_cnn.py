@@ -98,8 +98,8 @@ def main():
              'damping {:g}, retraining: {} x {} ({})'.format(
                  args.damping, args.retrain, args.retrain_steps, _retrain_note(retrain))]
     for m, index in enumerate(picked):
-        lines.append('test point {}: Pearson {:.4f}  Spearman {:.4f}'.format(
-            index, method['pearson'][m], method['spearman'][m]))
+        lines.append('test point {}: Pearson {:.4f}  Spearman {:.4f}  slope {:.2f}'.format(
+            index, method['pearson'][m], method['spearman'][m], method['slope'][m]))
         plots.plot_loo_scatter(method['predicted'][m], loo['actual'][m],
                                results.path('scatter_test{}.png'.format(index)),
                                'CNN, damping {:g}, test point {}'.format(args.damping, index))

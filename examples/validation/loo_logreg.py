@@ -61,8 +61,10 @@ def main():
                         for name in scores)
         lines.append('{:>6} {:9.4f}  {}'.format(index, base[m], row))
     for name, method in loo['methods'].items():
-        lines.append('{}: Pearson min {:.4f} median {:.4f}'.format(
-            name, method['pearson'].min(), numpy.median(method['pearson'])))
+        lines.append('{}: Pearson min {:.4f} median {:.4f}; slope of actual on predicted '
+                     '{:.2f}-{:.2f}'.format(name, method['pearson'].min(),
+                                            numpy.median(method['pearson']),
+                                            method['slope'].min(), method['slope'].max()))
         for m, index in enumerate(picked):
             plots.plot_loo_scatter(method['predicted'][m], loo['actual'][m],
                                    results.path('scatter_{}_test{}.png'.format(name, index)),

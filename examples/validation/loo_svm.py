@@ -68,8 +68,8 @@ def main():
         lines.append('removal from {}: on-margin support vectors removed per test point {}'.format(
             protocol, removed_on_margin.tolist()))
         for name, method in loo['methods'].items():
-            lines.append('  {:>8} Pearson {}  Spearman {}'.format(
-                name, _fmt(method['pearson']), _fmt(method['spearman'])))
+            lines.append('  {:>8} Pearson {}  Spearman {}  slope {}'.format(
+                name, _fmt(method['pearson']), _fmt(method['spearman']), _fmt(method['slope'])))
             plots.plot_loo_scatter(
                 method['predicted'][0], loo['actual'][0],
                 results.path('scatter_{}_{}_test{}.png'.format(protocol, name, picked[0])),
