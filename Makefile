@@ -2,7 +2,11 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+# Chainer 7.8.1 is an sdist built in an isolated environment: pip < 25.3 applies PIP_CONSTRAINT
+# there, pip >= 26 applies only build constraints (PIP_BUILD_CONSTRAINT). Set both; each pip
+# ignores the variable it does not know.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_BUILD_CONSTRAINT := $(CURDIR)/constraints.txt
 
 .PHONY: install test demo data benchmark clean
 
