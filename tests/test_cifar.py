@@ -116,7 +116,7 @@ def result(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # CG stops after 3 iterations
         train_cifar.main([
-            '--data-dir', str(data_dir), '--arch', 'resnet', '--width', '4', '--epochs', '1',
+            '--data-dir', str(data_dir), '--arch', 'resnet', '--width', '4', '--epoch', '1',
             '--batchsize', '10', '--influence-params', 'both', '--test-indices', '0', '3',
             '--top-k', '3', '--cg-iterations', '3', '--damping-all', '100', '--no-progress',
             '--out', out])
@@ -235,7 +235,7 @@ def test_failed_download_exits_with_how_to(monkeypatch):
 
     monkeypatch.setattr(chainer.datasets, 'get_cifar10', offline)
     with pytest.raises(SystemExit) as info:
-        train_cifar.main(['--epochs', '1'])
+        train_cifar.main(['--epoch', '1'])
     assert 'no network' in str(info.value.code)
     assert 'CHAINER_DATASET_ROOT' in str(info.value.code)
 

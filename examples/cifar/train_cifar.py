@@ -24,36 +24,29 @@ Influence scopes:
 No data augmentation: influence functions explain the training set the model actually saw.
 
     # CPU, minutes: last-layer influence of a ResNet-8 trained on 2,000 images
-    python examples/cifar/train_cifar.py --train-size 2000 --test-size 1000 --epochs 10
+    python examples/cifar/train_cifar.py --train-size 2000 --test-size 1000 --epoch 10
     # GPU: last-layer and all-parameter influence side by side
-    python examples/cifar/train_cifar.py --train-size 5000 --epochs 20 \\
+    python examples/cifar/train_cifar.py --train-size 5000 --epoch 20 \\
         --influence-params both --device @cupy:0
 """
-import argparse
 import os
 import sys
 
-import numpy
-
 import chainer
 import chainer.links as L
-from chainer import training
-from chainer.training import extensions
 
-import chainer_influence as ci
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from examples import common  # NOQA: E402
 
-import compare_influence
-from cifar_models import ARCHS, LAST_LAYER
+import compare_influence  # NOQA: E402
+from cifar_models import ARCHS, LAST_LAYER  # NOQA: E402
 
 SCOPES = ('last', 'all')
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the description's layout and shows each option's default."""
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = common.make_parser(__doc__, out='result/cifar')
     data = parser.add_argument_group('data')
     data.add_argument('--data-dir', default=None,
                       help='folder with the CIFAR-10 python batches (data_batch_1..5, '
@@ -66,7 +59,8 @@ def parse_args(argv=None):
     data.add_argument('--test-size', type=int, default=None,
                       help='evaluate on the first N test images only (default: all 10,000)')
 
-    model = parser.add_argument_group('model and training')
+    model = common.add_training_arguments(parser, epoch=10, batchsize=128, lr=0.05,
+                                          weight_decay=5e-4)
     model.add_argument('--arch', choices=sorted(ARCHS), default='resnet',
                        help='resnet: ResNet with BatchNormalization, residual blocks, global '
                             'average pooling; vgg: VGG-style CNN without BatchNormalization, '
@@ -75,23 +69,13 @@ def parse_args(argv=None):
                        help='channels of the first stage (doubled in each of the next two)')
     model.add_argument('--blocks', type=int, default=1,
                        help='resnet: residual blocks per stage (1: ResNet-8, 3: ResNet-20)')
-    model.add_argument('--epochs', type=int, default=10, help='training epochs')
-    model.add_argument('--batchsize', type=int, default=128, help='training minibatch size')
-    model.add_argument('--lr', type=float, default=0.05, help='MomentumSGD learning rate')
-    model.add_argument('--weight-decay', type=float, default=5e-4,
-                       help='WeightDecay optimizer hook; influence reads it from there (it '
-                            'makes the last-layer Hessian positive definite)')
 
-    influence = parser.add_argument_group('influence')
+    influence = common.add_influence_arguments(parser, influence_batchsize=256)
     influence.add_argument('--influence-params', choices=SCOPES + ('both',), default='last',
                            help='last: /fc/W and /fc/b with the exact solver; all: every '
                                 'parameter with --solver; both: run both and write '
-                                'influence_comparison.json')
-    influence.add_argument('--test-indices', type=int, nargs='+', default=list(range(8)),
-                           help='test images to explain')
-    influence.add_argument('--top-k', type=int, default=6,
-                           help='helpful and harmful training images kept per test image (also '
-                                'the size of the compared sets)')
+                                'influence_comparison.json (the top-k sets compared are '
+                                '--top-k long; self-influence only for last)')
     influence.add_argument('--damping-last', type=float, default=0.01,
                            help='damping of the last-layer solve (H + damping I); with weight '
                                 'decay H is positive definite, damping keeps the float32 '
@@ -114,22 +98,6 @@ def parse_args(argv=None):
                            help='LiSSA: recursion steps (one minibatch HVP each)')
     influence.add_argument('--lissa-batchsize', type=int, default=64,
                            help='LiSSA: training examples per minibatch Hessian')
-    influence.add_argument('--influence-batchsize', type=int, default=256,
-                           help='examples per pass when computing Hessian-vector products and '
-                                'scores (larger is faster, uses more memory)')
-    influence.add_argument('--no-self-influence', action='store_true',
-                           help='skip last-layer self-influence (mislabel candidates); '
-                                'all-parameter self-influence is never computed, it needs one '
-                                'solve per training image')
-    influence.add_argument('--no-progress', action='store_true',
-                           help='no progress bars for the influence passes')
-
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of numpy\'s global random state (initial weights, minibatch '
-                             'order, dropout on the CPU)')
-    parser.add_argument('--device', '-d', default='@numpy',
-                        help='Chainer device spec, e.g. @numpy or @cupy:0')
-    parser.add_argument('--out', '-o', default='result/cifar', help='output folder')
     return parser.parse_args(argv)
 
 
@@ -206,41 +174,22 @@ def compare(influence, args):
     return comparison
 
 
-def make_trainer(model, train, test, args, device, eval_batchsize=500):
-    """A Trainer for ``args.epochs`` epochs: MomentumSGD (``args.lr``) with a WeightDecay hook
-    (``args.weight_decay``, which InfluenceExtension reads), minibatches of ``args.batchsize``,
-    an Evaluator on ``test`` and a LogReport, writing into ``args.out``."""
-    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr)
-    optimizer.setup(model)
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
-    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
-    test_iter = chainer.iterators.SerialIterator(test, eval_batchsize, repeat=False,
-                                                 shuffle=False)
-    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
-    trainer = training.Trainer(updater, (args.epochs, 'epoch'), out=args.out)
-    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
-    trainer.extend(extensions.LogReport())
-    return trainer
-
-
 def main(argv=None):
     args = parse_args(argv)
-    numpy.random.seed(args.seed)
-    device = chainer.get_device(args.device)
+    device = common.setup(args)
     train, test = load(args)
     model = make_model(args)
     model.to_device(device)
-    device.use()
 
-    trainer = make_trainer(model, train, test, args, device)
+    trainer = common.make_trainer(model, train, test, args, device, eval_batchsize=500)
     scopes = SCOPES if args.influence_params == 'both' else (args.influence_params,)
     influence = {scope: make_influence_extension(scope, train, test, args) for scope in scopes}
     for scope, extension in influence.items():
         trainer.extend(extension, name='influence_' + scope)
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
-         'validation/main/accuracy'] + ['influence_{}/time'.format(s) for s in scopes] +
-        ['elapsed_time']))
+    common.add_print_report(trainer, [
+        'epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
+        'validation/main/accuracy'] + ['influence_{}/time'.format(s) for s in scopes] +
+        ['elapsed_time'], args)
     try:
         trainer.run(show_loop_exception_msg=False)
     except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:

@@ -7,17 +7,20 @@ helpful and most harmful training images) and ``self_influence.png``; ``<out>/lo
 training log with the ``influence/...`` entries.
 
     python examples/mnist/train_mnist.py --dataset fashion-mnist --arch mlp
+
+--seed fixes the initial weights and the minibatch order: a rerun on the same machine writes
+the same rankings.json.
 """
-import argparse
+import os
 import sys
 
 import chainer
 import chainer.functions as F
 import chainer.links as L
-from chainer import training
-from chainer.training import extensions
 
-import chainer_influence as ci
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from examples import common  # NOQA: E402
 
 
 class LogisticRegression(chainer.Chain):
@@ -61,44 +64,30 @@ ARCHS = {'logreg': LogisticRegression, 'mlp': MLP, 'cnn': CNN}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--dataset', choices=('fashion-mnist', 'mnist'), default='fashion-mnist',
-                        help='fashion-mnist reads IDX files from --data-dir or Debian\'s package '
-                             'dataset-fashion-mnist; mnist uses Chainer\'s downloader (internet)')
-    parser.add_argument('--data-dir', default=None,
-                        help='folder with the Fashion-MNIST IDX files (default: '
-                             '/usr/share/datasets/fashion-mnist/)')
-    parser.add_argument('--arch', choices=sorted(ARCHS), default='mlp',
-                        help='logreg: multinomial logistic regression; mlp: 784-100-100-10; '
-                             'cnn: two 5x5 conv layers with pooling')
-    parser.add_argument('--epochs', type=int, default=5, help='training epochs')
-    parser.add_argument('--batchsize', type=int, default=128, help='training minibatch size')
-    parser.add_argument('--lr', type=float, default=0.05, help='MomentumSGD learning rate')
-    parser.add_argument('--weight-decay', type=float, default=1e-4,
-                        help='WeightDecay optimizer hook; influence reads it from there')
-    parser.add_argument('--train-size', type=int, default=None,
-                        help='use only the first N training images (default: all 60,000)')
-    parser.add_argument('--test-indices', type=int, nargs='+', default=list(range(8)),
-                        help='test images to explain')
-    parser.add_argument('--top-k', type=int, default=6,
-                        help='helpful and harmful training images kept per test image')
-    parser.add_argument('--influence-params', choices=('last', 'all'), default=None,
-                        help='last: only the output layer (the paper\'s choice for Inception; '
-                             'convex, exact solver); all: every parameter (default: all for '
-                             'logreg, last otherwise)')
-    parser.add_argument('--solver', choices=('auto', 'exact', 'cg', 'lissa'), default='auto',
-                        help='inverse-HVP solver; auto picks Exact for small parameter counts')
-    parser.add_argument('--damping', type=float, default=0.01,
-                        help='solve (H + damping I); needed when H is not positive definite')
-    parser.add_argument('--influence-batchsize', type=int, default=2000,
-                        help='examples per pass when computing Hessian-vector products and '
-                             'scores (larger is faster, uses more memory)')
-    parser.add_argument('--no-self-influence', action='store_true',
-                        help='skip self-influence (mislabel candidates) over the training set')
-    parser.add_argument('--device', '-d', default='@numpy',
-                        help='Chainer device spec, e.g. @numpy or @cupy:0')
-    parser.add_argument('--out', '-o', default='result/mnist', help='output folder')
+    parser = common.make_parser(__doc__, out='result/mnist')
+    data = parser.add_argument_group('data')
+    data.add_argument('--dataset', choices=('fashion-mnist', 'mnist'), default='fashion-mnist',
+                      help='fashion-mnist reads IDX files from --data-dir or Debian\'s package '
+                           'dataset-fashion-mnist; mnist uses Chainer\'s downloader (internet)')
+    data.add_argument('--data-dir', default=None,
+                      help='folder with the Fashion-MNIST IDX files (None: '
+                           '/usr/share/datasets/fashion-mnist/)')
+    data.add_argument('--train-size', type=int, default=None,
+                      help='use only the first N training images (None: all 60,000)')
+    training_group = common.add_training_arguments(parser, epoch=5, batchsize=128, lr=0.05,
+                                                   weight_decay=1e-4)
+    training_group.add_argument('--arch', choices=sorted(ARCHS), default='mlp',
+                                help='logreg: multinomial logistic regression; mlp: '
+                                     '784-100-100-10; cnn: two 5x5 conv layers with pooling')
+    influence = common.add_influence_arguments(parser, influence_batchsize=2000)
+    influence.add_argument('--influence-params', choices=('last', 'all'), default=None,
+                           help='last: only the output layer (the paper\'s choice for '
+                                'Inception; convex, exact solver); all: every parameter '
+                                '(None: all for logreg, last otherwise)')
+    influence.add_argument('--solver', choices=('auto', 'exact', 'cg', 'lissa'), default='auto',
+                           help='inverse-HVP solver; auto picks Exact for small parameter counts')
+    influence.add_argument('--damping', type=float, default=0.01,
+                           help='solve (H + damping I); needed when H is not positive definite')
     return parser.parse_args(argv)
 
 
@@ -122,35 +111,24 @@ def make_solver(name):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = chainer.get_device(args.device)
+    device = common.setup(args)
     train, test = load(args)
     model = L.Classifier(ARCHS[args.arch]())
     with chainer.using_config('train', False):
         model.predictor(test[0][0][None])  # initialise lazy parameters
     model.to_device(device)
-    device.use()
 
-    optimizer = chainer.optimizers.MomentumSGD(lr=args.lr)
-    optimizer.setup(model)
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
-
-    train_iter = chainer.iterators.SerialIterator(train, args.batchsize)
-    test_iter = chainer.iterators.SerialIterator(test, 1000, repeat=False, shuffle=False)
-    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
-    trainer = training.Trainer(updater, (args.epochs, 'epoch'), out=args.out)
-    trainer.extend(extensions.Evaluator(test_iter, model, device=device))
-    trainer.extend(extensions.LogReport())
-
+    trainer = common.make_trainer(model, train, test, args, device, eval_batchsize=1000)
     scope = args.influence_params or ('all' if args.arch == 'logreg' else 'last')
     params = None if scope == 'all' else ['/fc/W', '/fc/b']
     trainer.extend(ci.InfluenceExtension(
         train, test, test_indices=args.test_indices, top_k=args.top_k,
         solver=make_solver(args.solver), params=params, damping=args.damping,
         self_influence=not args.no_self_influence, batch_size=args.influence_batchsize,
-        class_names=list(ci.CLASS_NAMES[args.dataset])))
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
-         'validation/main/accuracy', 'influence/time', 'elapsed_time']))
+        class_names=list(ci.CLASS_NAMES[args.dataset]), progress=not args.no_progress))
+    common.add_print_report(trainer, [
+        'epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
+        'validation/main/accuracy', 'influence/time', 'elapsed_time'], args)
     trainer.run()
     print('influence rankings and figures: {}/influence/'.format(args.out))
 

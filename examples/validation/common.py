@@ -1,6 +1,8 @@
 """Plumbing shared by the validation scripts: common options, data subsets, models, results.
 
-Not a script; the scripts next to it import it (their folder is on ``sys.path`` when run).
+Not a script; the scripts next to it import it (their folder is on ``sys.path`` when run, and they
+put the repository root there too). It builds on ``examples/common.py``, which holds what all
+example scripts share.
 """
 import argparse
 import json
@@ -14,16 +16,19 @@ import chainer.links as L
 
 import chainer_influence as ci
 from chainer_influence.batches import get_batch
+from examples import common as shared
+from examples.common import set_random_seed  # NOQA: F401  (for the scripts)
 
 DIGITS_TEST = 500  # digits: size of the fixed test split (seed 0); the rest is the training pool
 
 
 def make_parser(description, out, n_train, classes=None, dataset='fashion-mnist'):
-    """An ArgumentParser with the options every script shares; defaults shown in ``--help``."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--out', default=out,
-                        help='folder for the JSON results and PNG figures (created)')
+    """An ArgumentParser with the flags of all examples (``--seed``, ``--out/-o``,
+    ``--no-progress``; no ``--device``: these experiments run in float64 on the CPU, fitted by
+    scipy's L-BFGS) and those every validation script shares; defaults shown in ``--help``."""
+    parser = shared.make_parser(description, out, device=False)
+    parser.add_argument('--progress', action='store_true',
+                        help=argparse.SUPPRESS)  # the old opt-in; progress bars are now the default
     parser.add_argument('--dataset', choices=('fashion-mnist', 'digits'), default=dataset,
                         help='fashion-mnist: 28x28 images from IDX files (Debian package '
                         'dataset-fashion-mnist); digits: scikit-learn\'s bundled 8x8 digits '
@@ -38,10 +43,6 @@ def make_parser(description, out, n_train, classes=None, dataset='fashion-mnist'
                         help='training examples drawn at random (--seed) from the training split')
     parser.add_argument('--weight-decay', type=float, default=0.01,
                         help='L2 term weight_decay/2 ||theta||^2 of the training objective')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of the training subset, of the test points chosen and of any '
-                        'other random draw')
-    parser.add_argument('--progress', action='store_true', help='progress bars on stderr')
     return parser
 
 

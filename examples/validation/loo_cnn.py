@@ -12,17 +12,22 @@ is compared with -influence/N.
 The network is not convex: at the trained parameters H has eigenvalues far below the weight decay,
 so the result depends on the damping and on how far retraining goes (see RESULTS.md).
 """
+import argparse
+import os
+import sys
+
 import numpy
 
 import chainer
 import chainer.functions as F
 import chainer.links as L
 
-import chainer_influence as ci
-from chainer_influence import plots, validation
-from chainer_influence.retraining import fit_lbfgs
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots, validation  # NOQA: E402
+from chainer_influence.retraining import fit_lbfgs  # NOQA: E402
 
-import common
+import common  # NOQA: E402
 
 LOSS = ci.softmax_cross_entropy_loss
 
@@ -59,15 +64,17 @@ def main():
     parser.add_argument('--retrain-steps', type=int, default=50,
                         help='L-BFGS iterations at most, or momentum-SGD steps exactly')
     parser.add_argument('--lr', type=float, default=0.05, help='--retrain sgd: learning rate')
-    parser.add_argument('--batch-size', type=int, default=None,
-                        help='--retrain sgd: minibatch size (default: full batch)')
+    parser.add_argument('--batchsize', '-b', type=int, default=None,
+                        help='--retrain sgd: minibatch size (None: full batch)')
+    parser.add_argument('--batch-size', type=int, dest='batchsize', default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the name used before
     args = parser.parse_args()
     if args.dataset != 'fashion-mnist':
         raise SystemExit('the CNN expects 28x28 Fashion-MNIST images')
     results = common.Results(args)
 
     train, test = common.load_data(args)
-    numpy.random.seed(args.seed)  # Chainer's default initialisers draw from numpy's global RNG
+    common.set_random_seed(args.seed)  # Chainer's initialisers draw from numpy's global RNG
     with chainer.using_config('dtype', numpy.float64):
         model = SmallCNN(int(train[1].max()) + 1)
     grad_norm = fit_lbfgs(model, LOSS, train, args.weight_decay, gtol=args.gtol,
@@ -76,19 +83,19 @@ def main():
     tests = (test[0][picked], test[1][picked])
 
     calc = ci.InfluenceFunctions(model, train, LOSS, ci.CGSolver(max_iter=2000, tol=1e-8,
-                                                                 progress=args.progress),
+                                                                 progress=not args.no_progress),
                                  weight_decay=args.weight_decay, damping=args.damping,
-                                 progress=args.progress)
+                                 progress=not args.no_progress)
     scores = {'CG': calc.influence(tests)}
     if args.retrain == 'lbfgs':
         retrain = validation.LBFGSRetrainer(LOSS, args.weight_decay, gtol=args.gtol,
                                             max_iter=args.retrain_steps)
     else:
         retrain = validation.MomentumSGDRetrainer(LOSS, args.weight_decay, args.retrain_steps,
-                                                  args.lr, batch_size=args.batch_size,
+                                                  args.lr, batch_size=args.batchsize,
                                                   seed=args.seed)
     loo = validation.loo_validation(model, LOSS, train, tests, scores, retrain, args.n_remove,
-                                    progress=args.progress)
+                                    progress=not args.no_progress)
 
     method = loo['methods']['CG']
     accuracy = float((model(test[0]).array.argmax(axis=1) == test[1]).mean())

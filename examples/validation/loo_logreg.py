@@ -6,13 +6,18 @@ examples of largest |influence| (CG) are removed one at a time and the model is 
 fitted parameters to convergence (L-BFGS); the measured change of the test loss is compared with
 the predicted -influence/N of the CG and the LiSSA solvers (Pearson and Spearman per test point).
 """
+import argparse
+import os
+import sys
+
 import numpy
 
-import chainer_influence as ci
-from chainer_influence import plots, validation
-from chainer_influence.retraining import fit_lbfgs
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots, validation  # NOQA: E402
+from chainer_influence.retraining import fit_lbfgs  # NOQA: E402
 
-import common
+import common  # NOQA: E402
 
 LOSS = ci.softmax_cross_entropy_loss
 
@@ -27,7 +32,9 @@ def main():
     parser.add_argument('--cg-tol', type=float, default=1e-10, help='CG relative residual')
     parser.add_argument('--lissa-depth', type=int, default=5000, help='LiSSA recursion depth')
     parser.add_argument('--lissa-repeat', type=int, default=1, help='LiSSA recursions averaged')
-    parser.add_argument('--lissa-batch', type=int, default=100, help='LiSSA minibatch size')
+    parser.add_argument('--lissa-batchsize', type=int, default=100, help='LiSSA minibatch size')
+    parser.add_argument('--lissa-batch', type=int, dest='lissa_batchsize',
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the name used before
     args = parser.parse_args()
     results = common.Results(args)
 
@@ -38,16 +45,16 @@ def main():
     picked = common.pick_test_points(len(test[0]), args.n_test, args.seed)
     tests = (test[0][picked], test[1][picked])
 
-    solvers = {'CG': ci.CGSolver(max_iter=1000, tol=args.cg_tol, progress=args.progress),
+    solvers = {'CG': ci.CGSolver(max_iter=1000, tol=args.cg_tol, progress=not args.no_progress),
                'LiSSA': ci.LiSSASolver(depth=args.lissa_depth, repeat=args.lissa_repeat,
-                                       batch_size=args.lissa_batch, seed=args.seed,
-                                       progress=args.progress)}
+                                       batch_size=args.lissa_batchsize, seed=args.seed,
+                                       progress=not args.no_progress)}
     scores = {name: ci.InfluenceFunctions(
         model, train, LOSS, solver, weight_decay=args.weight_decay,
-        progress=args.progress).influence(tests) for name, solver in solvers.items()}
+        progress=not args.no_progress).influence(tests) for name, solver in solvers.items()}
     retrain = validation.LBFGSRetrainer(LOSS, args.weight_decay, gtol=args.gtol, max_iter=10000)
     loo = validation.loo_validation(model, LOSS, train, tests, scores, retrain, args.n_remove,
-                                    progress=args.progress)
+                                    progress=not args.no_progress)
 
     lines = ['N={} D={} classes={} fit max|grad|={:.1e}; {} retrainings, max|grad| {:.1e}'.format(
         len(train[0]), train[0].shape[1], n_classes, grad_norm, len(retrain.grad_norms),

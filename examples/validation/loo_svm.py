@@ -13,13 +13,17 @@ with a non-zero hinge gradient (margin < 1; what the paper's choice by t=0 influ
 from the whole training set, margin support vectors included (removing one of those is a non-smooth
 event that no smooth approximation at the optimum sees).
 """
+import os
+import sys
+
 import numpy
 
-import chainer_influence as ci
-from chainer_influence import plots, validation
-from chainer_influence.losses import hinge_loss, signed_margins, smooth_hinge_loss
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots, validation  # NOQA: E402
+from chainer_influence.losses import hinge_loss, signed_margins, smooth_hinge_loss  # NOQA: E402
 
-import common
+import common  # NOQA: E402
 
 MARGIN_TOL = 1e-6  # training margins below 1 - MARGIN_TOL count as inside the margin
 
@@ -52,7 +56,7 @@ def main():
 
     scores = {'t={:g}'.format(t): ci.InfluenceFunctions(
         model, train, smooth_hinge_loss(t), ci.ExactSolver(), weight_decay=args.weight_decay,
-        progress=args.progress).influence(tests) for t in args.temperatures}
+        progress=not args.no_progress).influence(tests) for t in args.temperatures}
     in_margin = margins['train'] < 1 - MARGIN_TOL
     on_margin = numpy.abs(margins['train'] - 1) <= MARGIN_TOL
     lines = ['N={} D={}; support vectors: {} inside the margin, {} on it; test points {} '
@@ -63,7 +67,7 @@ def main():
                         n_inside_margin=int(in_margin.sum()), n_on_margin=int(on_margin.sum()))
     for protocol, candidates in (('in-margin', in_margin), ('all', None)):
         loo = validation.loo_validation(model, hinge_loss, train, tests, scores, retrain,
-                                        args.n_remove, candidates, progress=args.progress)
+                                        args.n_remove, candidates, progress=not args.no_progress)
         removed_on_margin = on_margin[loo['removed']].sum(axis=1)
         lines.append('removal from {}: on-margin support vectors removed per test point {}'.format(
             protocol, removed_on_margin.tolist()))

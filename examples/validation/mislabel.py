@@ -7,13 +7,17 @@ grad L(z_i)^T H^-1 grad L(z_i), of training loss, and in random order. Reports t
 flipped labels found after checking 5, 10, 20 and 30 % of the data, the ROC AUC of each ranking,
 and the full curves.
 """
+import os
+import sys
+
 import numpy
 
-import chainer_influence as ci
-from chainer_influence import plots, validation
-from chainer_influence.retraining import fit_lbfgs
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots, validation  # NOQA: E402
+from chainer_influence.retraining import fit_lbfgs  # NOQA: E402
 
-import common
+import common  # NOQA: E402
 
 LOSS = ci.softmax_cross_entropy_loss
 
@@ -32,7 +36,7 @@ def main():
     model = common.linear_model(x.shape[1], n_classes)
     grad_norm = fit_lbfgs(model, LOSS, train, args.weight_decay, max_iter=10000)
     calc = ci.InfluenceFunctions(model, train, LOSS, ci.ExactSolver(),
-                                 weight_decay=args.weight_decay, progress=args.progress)
+                                 weight_decay=args.weight_decay, progress=not args.no_progress)
     found = validation.mislabel_detection(calc, flipped, seed=args.seed + 1)
 
     lines = ['N={} D={} classes={}; {} labels flipped; fit max|grad| {:.1e}'.format(

@@ -1,0 +1,1 @@
+"""Example scripts; :mod:`examples.common` holds what they share."""
