@@ -10,6 +10,7 @@ Not a script. A script under ``examples/<name>/`` imports it with the repository
 
     def parse_args(argv=None):
         parser = common.make_parser(__doc__, out='result/mine')   # --seed --out --device ...
+        common.add_data_arguments(parser, 'folder of ...', n_train=60000)  # --train-size ...
         common.add_training_arguments(parser, epoch=5, weight_decay=1e-4)  # --epoch --batchsize
         common.add_influence_arguments(parser)                     # --test-indices --top-k ...
         parser.add_argument(...)                                  # the script's own flags
@@ -64,6 +65,29 @@ def make_parser(description, out, device=True, seed=0):
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress bars')
     return parser
+
+
+def add_data_arguments(parser, data_dir_help, n_train, n_test=None):
+    """Add an argument group 'data' with ``--data-dir`` (help ``data_dir_help``) and
+    ``--train-size`` (of the ``n_train`` training examples) and, when ``n_test`` is given,
+    ``--test-size``; cut the datasets with :func:`first`."""
+    group = parser.add_argument_group('data')
+    group.add_argument('--data-dir', default=None, help=data_dir_help)
+    group.add_argument('--train-size', type=int, default=None,
+                       help='use only the first N training examples (None: all {:,}); '
+                            'influence costs grow linearly with N'.format(n_train))
+    if n_test is not None:
+        group.add_argument('--test-size', type=int, default=None,
+                           help='evaluate on the first N test examples only (None: all '
+                                '{:,})'.format(n_test))
+    return group
+
+
+def first(dataset, n):
+    """The first ``n`` examples of ``dataset`` (all of them when ``n`` is None or 0)."""
+    if not n:
+        return dataset
+    return chainer.datasets.SubDataset(dataset, 0, min(n, len(dataset)))
 
 
 def add_training_arguments(parser, epoch, batchsize=128, lr=0.05, weight_decay=1e-4):

@@ -116,7 +116,8 @@ def _order(seed, noise):
     model = L.Classifier(chainer.links.Linear(1, 2))
     data = chainer.datasets.TupleDataset(numpy.arange(12, dtype=numpy.float32)[:, None],
                                          numpy.zeros(12, numpy.int32))
-    iterator = common.make_trainer(model, data, None, args, chainer.get_device('@numpy')).updater.get_iterator('main')
+    trainer = common.make_trainer(model, data, None, args, chainer.get_device('@numpy'))
+    iterator = trainer.updater.get_iterator('main')
     return [int(x[0][0]) for _ in range(3) for x in iterator.next()]
 
 

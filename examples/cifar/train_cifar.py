@@ -32,7 +32,6 @@ No data augmentation: influence functions explain the training set the model act
 import os
 import sys
 
-import chainer
 import chainer.links as L
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
@@ -47,17 +46,10 @@ SCOPES = ('last', 'all')
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__, out='result/cifar')
-    data = parser.add_argument_group('data')
-    data.add_argument('--data-dir', default=None,
-                      help='folder with the CIFAR-10 python batches (data_batch_1..5, '
-                           'test_batch, from cifar-10-python.tar.gz); default: Chainer\'s '
-                           'downloader (internet on first use, cached in '
-                           '$CHAINER_DATASET_ROOT)')
-    data.add_argument('--train-size', type=int, default=None,
-                      help='use only the first N training images (default: all 50,000); '
-                           'influence costs grow linearly with N')
-    data.add_argument('--test-size', type=int, default=None,
-                      help='evaluate on the first N test images only (default: all 10,000)')
+    common.add_data_arguments(
+        parser, 'folder with the CIFAR-10 python batches (data_batch_1..5, test_batch, from '
+        'cifar-10-python.tar.gz); None: Chainer\'s downloader (internet on first use, cached in '
+        '$CHAINER_DATASET_ROOT)', n_train=50000, n_test=10000)
 
     model = common.add_training_arguments(parser, epoch=10, batchsize=128, lr=0.05,
                                           weight_decay=5e-4)
@@ -107,11 +99,7 @@ def load(args):
         train, test = ci.load_cifar10(args.data_dir)
     except ci.DataNotFoundError as e:
         sys.exit('error: {}'.format(e))
-    if args.train_size:
-        train = chainer.datasets.SubDataset(train, 0, min(args.train_size, len(train)))
-    if args.test_size:
-        test = chainer.datasets.SubDataset(test, 0, min(args.test_size, len(test)))
-    return train, test
+    return common.first(train, args.train_size), common.first(test, args.test_size)
 
 
 def make_model(args):

@@ -65,15 +65,12 @@ ARCHS = {'logreg': LogisticRegression, 'mlp': MLP, 'cnn': CNN}
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__, out='result/mnist')
-    data = parser.add_argument_group('data')
+    data = common.add_data_arguments(
+        parser, 'folder with the Fashion-MNIST IDX files (None: '
+        '/usr/share/datasets/fashion-mnist/)', n_train=60000)
     data.add_argument('--dataset', choices=('fashion-mnist', 'mnist'), default='fashion-mnist',
                       help='fashion-mnist reads IDX files from --data-dir or Debian\'s package '
                            'dataset-fashion-mnist; mnist uses Chainer\'s downloader (internet)')
-    data.add_argument('--data-dir', default=None,
-                      help='folder with the Fashion-MNIST IDX files (None: '
-                           '/usr/share/datasets/fashion-mnist/)')
-    data.add_argument('--train-size', type=int, default=None,
-                      help='use only the first N training images (None: all 60,000)')
     training_group = common.add_training_arguments(parser, epoch=5, batchsize=128, lr=0.05,
                                                    weight_decay=1e-4)
     training_group.add_argument('--arch', choices=sorted(ARCHS), default='mlp',
@@ -99,9 +96,7 @@ def load(args):
             train, test = ci.load_fashion_mnist(args.data_dir, ndim=3 if args.arch == 'cnn' else 1)
     except ci.DataNotFoundError as e:
         sys.exit('error: {}'.format(e))
-    if args.train_size:
-        train = chainer.datasets.SubDataset(train, 0, args.train_size)
-    return train, test
+    return common.first(train, args.train_size), test
 
 
 def make_solver(name):
