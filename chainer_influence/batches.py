@@ -36,3 +36,49 @@ def iterate_batches(dataset, batch_size, device=None, start=0, stop=None):
     for begin in range(start, stop, batch_size):
         end = min(begin + batch_size, stop)
         yield begin, end, get_batch(dataset, range(begin, end), device)
+
+
+class TupleView(chainer.dataset.DatasetMixin):
+    """A dataset of dicts (e.g. ``chainer.datasets.DictDataset``) seen as a dataset of tuples.
+
+    ``TupleView(DictDataset(x=x, t=t), keys=('x', 't'))[i] == (x[i], t[i])``: the library's loss
+    functions take ``loss_fn(model, *example)``, so list the model's inputs in the order the
+    predictor takes them, then the label (an ``L.Classifier``'s ``label_key``).
+    """
+
+    def __init__(self, dataset, keys):
+        self.dataset = dataset
+        self.keys = tuple(keys)
+        example = dataset[0]
+        missing = [k for k in self.keys if k not in example]
+        if missing:
+            raise KeyError('keys {} are not in the examples, whose keys are {}'.format(
+                missing, sorted(example)))
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def get_example(self, i):
+        example = self.dataset[i]
+        return tuple(example[k] for k in self.keys)
+
+
+def as_tuples(dataset, keys=None, label_key=None):
+    """``dataset`` unchanged when its examples are tuples; a :class:`TupleView` when they are dicts.
+
+    ``keys`` orders a dict's values; None: every key but ``label_key`` in the example's order, then
+    ``label_key`` (default: the last key).
+    """
+    if isinstance(dataset, tuple) or not isinstance(dataset[0], dict):
+        if keys is not None:
+            raise ValueError('keys= applies to datasets of dicts (e.g. DictDataset); these '
+                             'examples are {}'.format(type(dataset[0]).__name__))
+        return dataset
+    if keys is None:
+        names = list(dataset[0])
+        label = names[-1] if label_key is None else label_key
+        if label not in names:
+            raise KeyError('the label key {!r} is not among the example keys {}: pass keys=(inputs'
+                           '..., label)'.format(label, names))
+        keys = [k for k in names if k != label] + [label]
+    return TupleView(dataset, keys)

@@ -9,6 +9,7 @@ import chainer
 import chainer.functions as F
 
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
+from chainer_influence.hooks import exclusive_backward
 from chainer_influence.parameters import ParameterSpace
 
 
@@ -26,7 +27,9 @@ class Curvature(object):
             twice differentiable.
         train: a Chainer dataset of tuples, or a tuple of arrays (x, t, ...).
         params (list of str or None): tracked parameter names; None tracks all.
-        weight_decay (float): as in ``chainer.optimizer_hooks.WeightDecay(rate)``.
+        weight_decay (float or dict): as in ``chainer.optimizer_hooks.WeightDecay(rate)``; a dict
+            ``{name: rate}`` gives each parameter its own rate (0 for names it lacks). Kept as
+            ``self.weight_decay``: a float, or a (P,) vector for a dict.
         batch_size (int): examples per forward pass when summing over the training set.
         device: Chainer device spec the batches are sent to (see ``get_batch``).
 
@@ -40,7 +43,7 @@ class Curvature(object):
         self.train = train
         self.space = ParameterSpace(model, params)
         self.n_train = dataset_length(train, 'training set')
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = self.space.per_parameter(weight_decay)
         self.batch_size = int(batch_size)
         self.device = device
 
@@ -86,7 +89,8 @@ class Curvature(object):
         this method returns.
         """
         params = self.space.params
-        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
+                exclusive_backward():
             loss = F.mean(self.loss_fn(self.model, *batch))
             grads = chainer.grad([loss], params, enable_double_backprop=True)
             # Gradients that are constant in theta (None, or without a creator) add no curvature.

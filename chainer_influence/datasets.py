@@ -141,10 +141,19 @@ def load_digits(ndim=1, scale=1.0):
 def train_test_split(dataset, n_test, seed=0):
     """Split a dataset of tuples into ``(train, test)`` TupleDatasets, deterministically.
 
-    ``n_test`` examples drawn with ``numpy.random.RandomState(seed)`` form the test set; both
-    parts keep the original order of the examples.
+    ``n_test``: the number of test examples (an int), or their fraction (a float in (0, 1)), as
+    scikit-learn's ``test_size``. They are drawn with ``numpy.random.RandomState(seed)``; both
+    parts keep the original order of the examples (``chainer.datasets.split_dataset_random``,
+    which this follows, returns shuffled views instead).
     """
     n = len(dataset)
+    if isinstance(n_test, (float, numpy.floating)):
+        if not 0.0 < n_test < 1.0:
+            raise ValueError('a fractional n_test must lie in (0, 1), got {}'.format(n_test))
+        n_test = int(round(n_test * n))
+    if isinstance(n_test, bool) or not isinstance(n_test, (int, numpy.integer)):
+        raise TypeError('n_test must be an int (a count) or a float in (0, 1) (a fraction), '
+                        'got {!r}'.format(n_test))
     if not 0 <= n_test <= n:
         raise ValueError('n_test must be in [0, {}], got {}'.format(n, n_test))
     is_test = numpy.zeros(n, dtype=bool)

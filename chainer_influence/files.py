@@ -19,3 +19,17 @@ def atomic_write(path, write, binary=True):
         os.remove(tmp)
         raise
     return path
+
+
+def check_writable(directory):
+    """Create ``directory`` if needed and prove it writable by creating and removing a temporary
+    file; raise ``PermissionError``/``OSError`` with a message naming the folder otherwise."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.write-test.')
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise type(e)(e.errno, 'cannot write into the output folder {} ({}): choose another '
+                      'out= or trainer out, or fix its permissions'.format(
+                          os.path.abspath(directory), e.strerror or e)) from e

@@ -7,6 +7,8 @@ dot products with K given vectors, (B, K), without building the (B, P) gradients
 See :mod:`chainer_influence.gradient_rules` for the rules.
 """
 import contextlib
+import itertools
+import threading
 import warnings
 
 import chainer
@@ -28,6 +30,24 @@ class GradientCheckError(RuntimeError):
 
 
 _COUPLING_FUNCTIONS = (batch_normalization.BatchNormalization,)
+
+_instance_numbers = itertools.count()
+_backward_owner = threading.local()  # the hook whose backward pass is running, if any
+
+
+@contextlib.contextmanager
+def exclusive_backward(owner=None):
+    """Within this context, only ``owner`` (a :class:`PerSampleGradientHook`, or None: no hook)
+    records anything: the library's internal passes never reach a user's active hook."""
+    previous = getattr(_backward_owner, 'hook', None)
+    _backward_owner.hook = owner if owner is not None else _NO_HOOK
+    try:
+        yield
+    finally:
+        _backward_owner.hook = previous
+
+
+_NO_HOOK = object()
 
 
 def check_not_coupling(function):
@@ -51,7 +71,7 @@ def fix_deconvolution_cover_all(function, in_data):
 
 
 class PerSampleGradientHook(chainer.FunctionHook):
-    """Records per-example gradients of the tracked parameters during one backward pass.
+    """Records per-example gradients of the tracked parameters during a backward pass.
 
     Usage::
 
@@ -69,18 +89,37 @@ class PerSampleGradientHook(chainer.FunctionHook):
     ``backward`` back-propagates ``sum(losses)`` with ``chainer.grad`` (the parameters' ``.grad``
     are left untouched) and checks that the per-example results add up to the batch gradient.
 
+    The ordinary idiom also works::
+
+        model.cleargrads()
+        with hook:
+            loss = model(x, t)                   # e.g. an L.Classifier's mean loss
+            loss.backward()
+        hook.gradients                          # rows add up to each param.grad
+
+    Row b is then example b's contribution to the gradient of the loss that was back-propagated
+    (for a mean over the batch, grad L(z_b) / B). The batch size is the leading axis of the output
+    gradient of the first function that receives a tracked parameter (pass ``batch_size`` when a
+    model folds other axes into the batch axis); each ``with`` block starts afresh and gradients
+    add up over several backward calls inside it, as ``.grad`` does. That idiom skips the check
+    against the batch gradient that :meth:`backward` makes.
+
+    Each instance registers under its own name, so several can be active at once, and while one
+    instance runs :meth:`backward` (as the library does internally) the others record nothing.
+
     Args:
         model (chainer.Link): a plain Link or an ``L.Classifier`` (its predictor is used).
         params (list of str or None): names as ``namedparams()`` gives them; None tracks all.
+        batch_size (int or None): the batch size of plain ``loss.backward()`` passes; None infers it.
     """
 
-    name = 'PerSampleGradientHook'
-
-    def __init__(self, model, params=None):
+    def __init__(self, model, params=None, batch_size=None):
+        self.name = 'PerSampleGradientHook-{}'.format(next(_instance_numbers))
         self.space = ParameterSpace(model, params)
         self._name_of = {id(p): name for name, p in zip(self.space.names, self.space.params)}
         self._vectors = None
         self._warned = set()
+        self._given_batch_size = batch_size
         self.gradients = None
         self.contractions = None
         self._batch_size = None
@@ -105,30 +144,44 @@ class PerSampleGradientHook(chainer.FunctionHook):
             raise TypeError('losses must be a chainer.Variable, got {}'.format(type(losses)))
         if losses.ndim != 1:
             raise ValueError(
-                'the loss function must return per-example losses of shape (B,), got shape {} '
-                '(use reduce=\'no\')'.format(losses.shape))
-        B = losses.shape[0]
-        xp = chainer.backend.get_array_module(losses.array)
-        self._batch_size = B
-        self.gradients = {}
-        if self._vectors is not None:
-            K = next(iter(self._vectors.values())).shape[0]
-            self.contractions = xp.zeros((B, K), dtype=losses.dtype)
-        with self._active():
+                'the loss function must return per-example losses of shape (B,), got shape {}: '
+                'reduce every axis but the batch axis (e.g. reduce=\'no\' for a mean loss, then '
+                'F.mean(..., axis=1) for a (B, 1) sigmoid output)'.format(losses.shape))
+        with self._active(), exclusive_backward(self):
+            self._start(losses.shape[0], losses.dtype)
             batch_grads = chainer.grad([F.sum(losses)], self.space.params)
+        xp = chainer.backend.get_array_module(losses.array)
         batch_grads = [xp.zeros_like(p.array) if g is None else g.array
                        for p, g in zip(self.space.params, batch_grads)]
         self._check_sums(batch_grads)
-        if self._vectors is None:
-            for name, p in zip(self.space.names, self.space.params):
-                if name not in self.gradients:
-                    self.gradients[name] = xp.zeros((B,) + p.shape, dtype=p.dtype)
+        self._fill_missing()
         return self
 
+    def _start(self, batch_size, dtype):
+        """Forget earlier results; allocate for ``batch_size`` examples (None: not known yet)."""
+        self._batch_size = batch_size
+        self.gradients = {}
+        self.contractions = None
+        if batch_size is not None and dtype is not None and self._vectors is not None:
+            K = next(iter(self._vectors.values())).shape[0]
+            self.contractions = self.space.xp.zeros((batch_size, K), dtype=dtype)
+
+    def _fill_missing(self):
+        """Zero gradients for the tracked parameters the loss does not reach."""
+        if self._vectors is None and self._batch_size is not None:
+            for name, p in zip(self.space.names, self.space.params):
+                if name not in self.gradients:
+                    self.gradients[name] = self.space.xp.zeros(
+                        (self._batch_size,) + p.shape, dtype=p.dtype)
+
     def _active(self):
-        if self.name in chainer.get_function_hooks():
+        if chainer.get_function_hooks().get(self.name) is self:
             return contextlib.nullcontext()
         return self
+
+    def _ignores_this_pass(self):
+        owner = getattr(_backward_owner, 'hook', None)
+        return owner is not None and owner is not self
 
     def _check_sums(self, batch_grads):
         """Per-example results must add up to the batch gradient, or the rules missed a path."""
@@ -154,20 +207,31 @@ class PerSampleGradientHook(chainer.FunctionHook):
                 'parameter reaches the loss through a path this hook does not understand.')
 
     # ---- FunctionHook callbacks ----------------------------------------------------------
+    def added(self, function):
+        if function is None:  # entering ``with hook:``: a plain backward starts afresh
+            self._start(self._given_batch_size, None)
+
+    def deleted(self, function):
+        if function is None:
+            self._fill_missing()
+
     def forward_postprocess(self, function, in_data):
-        check_not_coupling(function)
+        if not self._ignores_this_pass():
+            check_not_coupling(function)
 
     def backward_preprocess(self, function, in_data, out_grad):
-        check_not_coupling(function)
-        fix_deconvolution_cover_all(function, in_data)
+        if not self._ignores_this_pass():
+            check_not_coupling(function)
+            fix_deconvolution_cover_all(function, in_data)
 
     def backward_postprocess(self, function, in_data, out_grad):
-        if self._batch_size is None:
+        if self._ignores_this_pass():
             return
         for index, node in enumerate(function.inputs):
             name = self._tracked_name(node)
             if name is None or isinstance(function, Reshape):
                 continue  # a reshape of a parameter is handled where its result is consumed
+            self._plain_backward_batch(function, out_grad)
             rule = gradient_rules.rule_for(function, index)
             if rule is None:
                 rule = gradient_rules.PerExampleFallback()
@@ -184,6 +248,20 @@ class PerSampleGradientHook(chainer.FunctionHook):
                 V = self._vectors[name]
                 V = V.reshape((V.shape[0],) + node.shape)
                 self.contractions += rule.contract(*args, V)
+
+    def _plain_backward_batch(self, function, out_grad):
+        """In a plain ``loss.backward()``, take B from the first output gradient seen."""
+        gy = next((g for g in out_grad if g is not None), None)
+        if self._batch_size is None:
+            if gy is None or gy.ndim == 0:
+                raise ValueError(
+                    '{} receives a tracked parameter but its output gradient has no batch axis; '
+                    'pass batch_size= to PerSampleGradientHook or use hook.backward(losses) with '
+                    'per-example losses (B,)'.format(type(function).__name__))
+            self._batch_size = gy.shape[0]
+        if self._vectors is not None and self.contractions is None:
+            K = next(iter(self._vectors.values())).shape[0]
+            self.contractions = self.space.xp.zeros((self._batch_size, K), dtype=gy.dtype)
 
     def _tracked_name(self, node):
         """The tracked parameter behind ``node``, directly or through reshapes; else None."""

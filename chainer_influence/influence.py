@@ -19,7 +19,7 @@ from chainer_influence import solvers as solvers_module
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
 from chainer_influence.cache import ScoreCache, fingerprint, hash_arrays
 from chainer_influence.curvature import Curvature
-from chainer_influence.hooks import PerSampleGradientHook
+from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
 from chainer_influence.losses import softmax_cross_entropy_loss
 from chainer_influence.progress import Progress
 from chainer_influence.rankings import to_host
@@ -46,7 +46,8 @@ class InfluenceFunctions(object):
         train: Chainer dataset of tuples (e.g. ``TupleDataset``) or a tuple of arrays.
         loss_fn: ``loss_fn(model, *batch)`` -> per-example losses (B,), twice differentiable.
         solver: ``ExactSolver``, ``CGSolver`` or ``LiSSASolver``; None picks one by size.
-        weight_decay (float): the training objective's L2 term, as ``WeightDecay(rate)``.
+        weight_decay (float or dict): the training objective's L2 term, as ``WeightDecay(rate)``;
+            a dict ``{name: rate}`` gives each tracked parameter its own rate.
         damping (float): solves use H + damping I.
         params (list of str): parameter names to restrict to (e.g. the last layer); None: all.
         batch_size (int): examples per forward/backward pass over the training set.
@@ -66,7 +67,8 @@ class InfluenceFunctions(object):
         self.train = train
         self.n_train = dataset_length(train, 'training set')
         self.loss_fn = loss_fn
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = (dict(weight_decay) if isinstance(weight_decay, dict)
+                             else float(weight_decay))
         self.damping = float(damping)
         self.batch_size = int(batch_size)
         self.device = self._check_device(model, device)
@@ -157,7 +159,8 @@ class InfluenceFunctions(object):
                 .format(x.dtype))
         x = chainer.Variable(x)
         out = []
-        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
+                exclusive_backward():
             losses = self.loss_fn(self.model, x, *rest)
             grads = chainer.grad([F.sum(losses)], self.space.params, enable_double_backprop=True)
             for s in s_test:

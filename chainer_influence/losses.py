@@ -53,3 +53,68 @@ def smooth_hinge_loss(t):
 
     loss.__name__ = 'smooth_hinge_loss_t{!r}'.format(t)  # distinct cache keys per t
     return loss
+
+
+def sigmoid_cross_entropy_loss(model, x, t):
+    """Per-example sigmoid cross-entropy summed over the outputs, shape (B,): for logits f (B, C)
+    and labels t in {0, 1} of the same shape (or (B,) with one output; -1: ignored),
+    sum_c softplus(f_c) - t_c f_c. Twice differentiable."""
+    y = unwrap_model(model)(x)
+    y = F.reshape(y, (y.shape[0], -1))
+    t = (t.array if isinstance(t, chainer.Variable) else t).reshape(y.shape)
+    keep = (t != -1).astype(y.dtype)
+    return F.sum((F.softplus(y) - y * t.astype(y.dtype)) * keep, axis=1)
+
+
+def squared_error_loss(model, x, y):
+    """Per-example 0.5 ||f(x) - y||^2, shape (B,); y of the outputs' shape."""
+    out = unwrap_model(model)(x)
+    out = F.reshape(out, (out.shape[0], -1))
+    y = (y.array if isinstance(y, chainer.Variable) else y).reshape(out.shape)
+    diff = out - y.astype(out.dtype)
+    return 0.5 * F.sum(diff * diff, axis=1)
+
+
+class ScaledLoss(object):
+    """``factor * loss_fn(model, *batch)``, keeping the output-Hessian methods of ``loss_fn`` (if
+    any) consistent with the scaled loss. Used to match a loss to the scale it was trained at,
+    e.g. F.mean_squared_error (a mean over outputs) against 0.5 * sum over outputs."""
+
+    def __init__(self, loss_fn, factor):
+        self.base = loss_fn
+        self.factor = float(factor)
+        self.__name__ = '{}_x{:.6g}'.format(getattr(loss_fn, '__name__', 'loss'), self.factor)
+
+    def __call__(self, model, *batch):
+        return self.factor * self.base(model, *batch)
+
+    def __getattr__(self, name):
+        scaled = {'loss': 1, 'output_hessian_product': 1, 'output_hessian_sqrt': 0.5,
+                  'sample_output_gradients': 0.5}
+        method = getattr(self.__dict__['base'], name)  # AttributeError when the base lacks it
+        if name not in scaled:
+            return method
+        power = scaled[name]
+
+        def scaled_method(*args, **kwargs):
+            return method(*args, **kwargs) * self.factor ** power
+        return scaled_method
+
+
+class ReducedLoss(object):
+    """Per-example losses (B,) from a Chainer loss function that accepts ``reduce='no'``
+    (e.g. ``F.hinge``): ``lossfun(f(x), t, reduce='no')`` summed or averaged (``reduction``) over
+    every axis but the batch axis, as ``L.Classifier(lossfun=...)`` trained it."""
+
+    def __init__(self, lossfun, reduction):
+        if reduction not in ('sum', 'mean'):
+            raise ValueError("reduction must be 'sum' or 'mean', got {!r}".format(reduction))
+        self.lossfun = lossfun
+        self.reduction = reduction
+        self.__name__ = '{}_{}'.format(getattr(lossfun, '__name__', 'loss'), reduction)
+
+    def __call__(self, model, *batch):
+        y = unwrap_model(model)(*batch[:-1])
+        per = self.lossfun(y, batch[-1], reduce='no')
+        per = F.reshape(per, (per.shape[0], -1))
+        return F.sum(per, axis=1) if self.reduction == 'sum' else F.mean(per, axis=1)

@@ -80,6 +80,19 @@ class ParameterSpace(object):
         return {name: flat[..., self.offsets[i]:self.offsets[i + 1]].reshape(lead + shape)
                 for i, (name, shape) in enumerate(zip(self.names, self.shapes))}
 
+    def per_parameter(self, rates):
+        """A float stays a float; a dict ``{name: rate}`` becomes a (P,) vector holding each tracked
+        parameter's rate over its entries (0 for names it lacks)."""
+        if not isinstance(rates, dict):
+            return float(rates)
+        unknown = sorted(set(rates) - set(self.names))
+        if unknown:
+            raise ValueError('rates for untracked parameters {}; tracked: {}'.format(
+                unknown, self.names))
+        return self.xp.concatenate([
+            self.xp.full(size, float(rates.get(name, 0.0)), dtype=p.dtype)
+            for name, size, p in zip(self.names, self.sizes, self.params)])
+
     def values(self):
         """The current parameter values as a flat (P,) array."""
         return self.flatten([p.array for p in self.params])
