@@ -62,23 +62,74 @@ def _example(images, index):
     return item[0] if isinstance(item, tuple) else item
 
 
+def can_show_as_image(x):
+    """Whether :func:`as_image` can show example input ``x`` (else use the score-bar figures)."""
+    try:
+        as_image(x)
+    except ValueError:
+        return False
+    return True
+
+
+def detect_value_range(samples):
+    """The value range of image inputs from a sample of them (an array of examples):
+    (0, 1), (-1, 1) or (0, 255) when the values fit one of these usual ranges, else their
+    (min, max)."""
+    values = to_host(samples, numpy.float64)
+    low, high = float(values.min()), float(values.max())
+    for candidate in ((0., 1.), (-1., 1.), (0., 255.)):
+        if candidate[0] <= low and high <= candidate[1]:
+            return candidate
+    return (low, high) if high > low else (low, low + 1.)
+
+
 def _label_text(report, label):
     name = report.label_name(label)
     return str(int(label)) if name is None else name
 
 
-_TITLE_COLOURS = {'helpful': 'tab:green', 'harmful': 'tab:red'}
+_COLOURS = {'helpful': 'tab:green', 'harmful': 'tab:red', 'self': 'tab:purple'}
+_LEGEND = {'helpful': 'helpful: influence < 0 (up-weighting it lowers the test loss)',
+           'harmful': 'harmful: influence > 0 (up-weighting it raises the test loss)',
+           'self': 'self-influence: large = unusual for its label (check for mislabels)'}
+FONT_SIZE = 10
 
 
 def _show(ax, image, title, colour='black'):
     ax.imshow(image, cmap='gray', vmin=0., vmax=1., interpolation='nearest')
-    ax.set_title(title, fontsize=7, color=colour)
+    ax.set_title(title, fontsize=FONT_SIZE, color=colour)
     ax.set_xticks([])
     ax.set_yticks([])
+    for spine in ax.spines.values():  # a coloured frame marks the kind of tile
+        spine.set_color(colour)
+        spine.set_linewidth(2.5 if colour != 'black' else 0.8)
+
+
+def _legend(fig, kinds):
+    from matplotlib.patches import Patch
+    fig.legend(handles=[Patch(color=_COLOURS[k], label=_LEGEND[k]) for k in kinds],
+               loc='lower center', ncol=len(kinds), fontsize=FONT_SIZE + 1, frameon=False)
+
+
+def _sample_inputs(images, indices):
+    return numpy.stack([to_host(_example(images, i), numpy.float64) for i in indices])
+
+
+def _test_title(report, r):
+    title = 'test #{}\nlabel {}'.format(
+        report.test_indices[r], _label_text(report, report.test_labels[r]))
+    if report.predicted_labels is not None:
+        title += '\npred {}'.format(_label_text(report, report.predicted_labels[r]))
+    return title
+
+
+def _tile_title(report, j, score):
+    """Training index, label and score: everything a tile needs, on two short lines."""
+    return '#{} ({})\n{:+.2g}'.format(int(j), _label_text(report, report.train_labels[j]), score)
 
 
 def plot_top_influential(report, test_images, train_images, path, n_show=None,
-                         value_range=(0., 1.)):
+                         value_range=None):
     """Grid: per test point (row) its image, then its top-k helpful and top-k harmful examples.
 
     Args:
@@ -87,32 +138,99 @@ def plot_top_influential(report, test_images, train_images, path, n_show=None,
             indexed by ``report.test_indices`` and by training index.
         path (str): the PNG to write.
         n_show (int or None): show only the first n_show test points.
-        value_range: the pixel range of the inputs (``(0, scale)`` of the loaders).
+        value_range: (low, high) of the inputs, mapped to black and white; None detects it from
+            the shown examples (see :func:`detect_value_range`).
 
-    Titles give labels (class names when the report has them) and influence values
-    (negative = helpful, positive = harmful).
+    Each tile is titled with the training index (``#j``), its label (class names when the report
+    has them) and its influence; green frames mark helpful examples, red frames harmful ones, as
+    the legend says.
     """
     ranked = report.rankings()
     rows = len(report.test_indices) if n_show is None else min(n_show, len(report.test_indices))
     k = ranked['helpful'].shape[1]
+    if value_range is None:
+        shown = numpy.concatenate([ranked['helpful'][:rows].ravel(), ranked['harmful'][:rows].ravel()])
+        value_range = detect_value_range(numpy.concatenate([
+            _sample_inputs(train_images, shown).ravel(),
+            _sample_inputs(test_images, report.test_indices[:rows]).ravel()]))
     cols = 1 + 2 * k
-    fig = _figure(1.3 * cols, 1.9 * max(rows, 1))
+    fig = _figure(1.35 * cols, 1.75 * max(rows, 1) + 0.6)
     for r in range(rows):
-        title = 'test {}\nlabel: {}'.format(
-            report.test_indices[r], _label_text(report, report.test_labels[r]))
-        if report.predicted_labels is not None:
-            title += '\npred: {}'.format(_label_text(report, report.predicted_labels[r]))
         ax = fig.add_subplot(rows, cols, r * cols + 1)
-        _show(ax, as_image(_example(test_images, report.test_indices[r]), value_range), title)
+        _show(ax, as_image(_example(test_images, report.test_indices[r]), value_range),
+              _test_title(report, r))
         for side, kind in enumerate(('helpful', 'harmful')):
             for rank, j in enumerate(ranked[kind][r]):
-                title = '{} #{}\n{}\n{:.3g}'.format(
-                    kind, rank + 1, _label_text(report, report.train_labels[j]),
-                    report.scores[r, j])
                 ax = fig.add_subplot(rows, cols, r * cols + 2 + side * k + rank)
-                _show(ax, as_image(_example(train_images, j), value_range), title,
-                      _TITLE_COLOURS[kind])
-    fig.tight_layout()
+                _show(ax, as_image(_example(train_images, j), value_range),
+                      _tile_title(report, j, report.scores[r, j]), _COLOURS[kind])
+    _legend(fig, ('helpful', 'harmful'))
+    fig.tight_layout(rect=(0, 0.6 / (1.75 * max(rows, 1) + 0.6), 1, 1))
+    return _save(fig, path)
+
+
+def _bars(ax, labels, values, colours, title):
+    y = numpy.arange(len(values))[::-1]
+    ax.barh(y, values, color=colours)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=FONT_SIZE - 1)
+    ax.axvline(0, color='grey', linewidth=0.8)
+    ax.set_title(title, fontsize=FONT_SIZE)
+    ax.tick_params(axis='x', labelsize=FONT_SIZE - 1)
+
+
+def plot_top_scores(report, path, n_show=None):
+    """For inputs that are not images: per test point, horizontal bars of its top-k helpful
+    (green, negative) and harmful (red, positive) influence scores, each labelled with the
+    training index and label."""
+    ranked = report.rankings()
+    rows = len(report.test_indices) if n_show is None else min(n_show, len(report.test_indices))
+    k = ranked['helpful'].shape[1]
+    cols = min(rows, 3)
+    grid_rows = -(-rows // cols)
+    height = 0.3 * 2 * k + 1.2
+    fig = _figure(5.0 * cols, height * grid_rows + 0.6)
+    for r in range(rows):
+        ax = fig.add_subplot(grid_rows, cols, r + 1)
+        indices = list(ranked['harmful'][r]) + list(ranked['helpful'][r][::-1])
+        values = [report.scores[r, j] for j in indices]
+        colours = [_COLOURS['harmful']] * k + [_COLOURS['helpful']] * k
+        labels = ['#{} ({})'.format(int(j), _label_text(report, report.train_labels[j]))
+                  for j in indices]
+        _bars(ax, labels, values, colours, _test_title(report, r).replace('\n', ', '))
+    _legend(fig, ('helpful', 'harmful'))
+    fig.tight_layout(rect=(0, 0.6 / (height * grid_rows + 0.6), 1, 1))
+    return _save(fig, path)
+
+
+def plot_top_self_influence(report, train_images, path, value_range=None, images=True):
+    """The top-k training examples by self-influence (the mislabel candidates), largest first:
+    a grid of images titled ``#index (label)`` and score, or with ``images=False`` bars."""
+    top = report.self_influence_top()
+    if not top:
+        raise ValueError('the report has no self-influence')
+    indices = [e['train_index'] for e in top]
+    if not images:
+        fig = _figure(6, 0.3 * len(top) + 1.4)
+        ax = fig.add_subplot(1, 1, 1)
+        labels = ['#{} ({})'.format(j, _label_text(report, report.train_labels[j]))
+                  for j in indices]
+        _bars(ax, labels[::-1][::-1], [e['score'] for e in top], _COLOURS['self'],
+              'largest self-influence')
+        _legend(fig, ('self',))
+        fig.tight_layout(rect=(0, 0.5 / (0.3 * len(top) + 1.4), 1, 1))
+        return _save(fig, path)
+    if value_range is None:
+        value_range = detect_value_range(_sample_inputs(train_images, indices))
+    cols = min(len(top), 10)
+    rows = -(-len(top) // cols)
+    fig = _figure(1.35 * cols, 1.75 * rows + 0.6)
+    for n, entry in enumerate(top):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        _show(ax, as_image(_example(train_images, entry['train_index']), value_range),
+              _tile_title(report, entry['train_index'], entry['score']), _COLOURS['self'])
+    _legend(fig, ('self',))
+    fig.tight_layout(rect=(0, 0.6 / (1.75 * rows + 0.6), 1, 1))
     return _save(fig, path)
 
 

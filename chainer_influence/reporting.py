@@ -3,7 +3,7 @@
 An :class:`InfluenceReport` holds the (M, N) influence matrix I_up,loss of M test points against
 N training examples (negative = helpful, positive = harmful) with the labels and settings that
 explain it. A *writer* is any callable ``writer(report, out_dir) -> path`` that writes one file
-into ``out_dir``; :data:`DEFAULT_WRITERS` writes the three below. Files are written atomically
+into ``out_dir``; :data:`DEFAULT_WRITERS` writes the files below. Files are written atomically
 (a temporary file in ``out_dir``, then ``os.replace``).
 
 ``rankings.json`` (:class:`JSONWriter`)::
@@ -16,6 +16,10 @@ into ``out_dir``; :data:`DEFAULT_WRITERS` writes the three below. Files are writ
          "harmful": [{"train_index": int, "label": int, "score": float}, ...]},
         ...]}
 
+With self-influence, the JSON also holds ``"self_influence_top": [{"train_index": int, "label": int,
+"label_name": str|null, "score": float}, ...]``: the top_k training examples of largest
+self-influence (the candidates for mislabelled or atypical examples), largest first.
+
 ``helpful`` lists the top_k smallest (most negative) scores, smallest first; ``harmful`` the
 top_k largest (most positive), largest first; equal scores go by lower ``train_index``. ``label`` in an entry is
 the training example's label; ``predicted``, ``test_loss`` and ``label_name`` are null when the
@@ -24,6 +28,9 @@ report lacks them.
 ``rankings.csv`` (:class:`CSVWriter`): one row per (test point, kind, rank) with the columns
 ``test_index, label, predicted, test_loss, kind, rank, train_index, train_label, score``;
 kind is ``helpful`` or ``harmful``, rank counts from 1 (1 = most helpful / most harmful).
+
+``self_influence.csv`` (:class:`SelfInfluenceCSVWriter`, only with self-influence): the
+``self_influence_top`` list, columns ``rank, train_index, label, label_name, score``.
 
 ``influence.npz`` (:class:`NPZWriter`): ``scores`` (M, N), ``test_indices``, ``test_labels``,
 ``train_labels``, ``top_k``, ``settings_json`` (the settings as a JSON string) and, when present,
@@ -110,6 +117,16 @@ class InfluenceReport(object):
         """:func:`~chainer_influence.rankings.top_influential` of the scores with ``top_k``."""
         return top_influential(self.scores, self.top_k)
 
+    def self_influence_top(self):
+        """The top_k training examples of largest self-influence, largest first (ties: lower
+        index), as dicts ``train_index, label, label_name, score``; [] without self-influence."""
+        if self.self_influence is None:
+            return []
+        ranked = top_influential(self.self_influence, self.top_k)
+        return [{'train_index': int(j), 'label': int(self.train_labels[j]),
+                 'label_name': self.label_name(self.train_labels[j]), 'score': float(score)}
+                for j, score in zip(ranked['harmful'], ranked['harmful_scores'])]
+
     def to_dict(self):
         """The JSON structure described in this module's docstring."""
         ranked = self.rankings()
@@ -128,7 +145,10 @@ class InfluenceReport(object):
                      'score': float(score)}
                     for j, score in zip(ranked[kind][i], ranked[kind + '_scores'][i])]
             points.append(point)
-        return {'settings': _jsonable(self.settings), 'test_points': points}
+        doc = {'settings': _jsonable(self.settings), 'test_points': points}
+        if self.self_influence is not None:
+            doc['self_influence_top'] = self.self_influence_top()
+        return doc
 
     def to_arrays(self):
         """The report as a dict of numpy arrays (what :class:`NPZWriter` stores)."""
@@ -210,6 +230,28 @@ class CSVWriter(Writer):
                                             entry['score']])
 
 
+class SelfInfluenceCSVWriter(Writer):
+    """Writes the top self-influence examples (see the module docstring); nothing (returns None)
+    when the report has no self-influence."""
+
+    COLUMNS = ('rank', 'train_index', 'label', 'label_name', 'score')
+
+    def __init__(self, filename='self_influence.csv'):
+        super(SelfInfluenceCSVWriter, self).__init__(filename)
+
+    def __call__(self, report, out_dir):
+        if report.self_influence is None:
+            return None
+        return super(SelfInfluenceCSVWriter, self).__call__(report, out_dir)
+
+    def write(self, report, f):
+        writer = csv.writer(f)
+        writer.writerow(self.COLUMNS)
+        for rank, entry in enumerate(report.self_influence_top(), 1):
+            writer.writerow([rank, entry['train_index'], entry['label'], entry['label_name'],
+                             entry['score']])
+
+
 class NPZWriter(Writer):
     """Writes ``report.to_arrays()`` with ``numpy.savez`` (readable without pickle)."""
 
@@ -224,9 +266,10 @@ class NPZWriter(Writer):
         save(f, **report.to_arrays())
 
 
-DEFAULT_WRITERS = (JSONWriter(), CSVWriter(), NPZWriter())
+DEFAULT_WRITERS = (JSONWriter(), CSVWriter(), SelfInfluenceCSVWriter(), NPZWriter())
 
 
 def write_report(report, out_dir, writers=DEFAULT_WRITERS):
-    """Run each writer on ``report`` into ``out_dir``; returns the list of written paths."""
-    return [writer(report, out_dir) for writer in writers]
+    """Run each writer on ``report`` into ``out_dir``; returns the list of written paths (a writer
+    that had nothing to write returns None and is left out)."""
+    return [path for path in (writer(report, out_dir) for writer in writers) if path is not None]

@@ -174,10 +174,12 @@ def test_npz_without_self_influence(tmp_path):
 def test_write_report_leaves_only_its_files(tmp_path):
     out = str(tmp_path / 'new' / 'dir')
     paths = reporting.write_report(make_report(), out)
-    assert sorted(os.listdir(out)) == ['influence.npz', 'rankings.csv', 'rankings.json']
+    assert sorted(os.listdir(out)) == ['influence.npz', 'rankings.csv', 'rankings.json',
+                                       'self_influence.csv']
     assert sorted(paths) == sorted(os.path.join(out, f) for f in os.listdir(out))
     reporting.write_report(make_report(seed=1), out)  # overwrite in place
-    assert sorted(os.listdir(out)) == ['influence.npz', 'rankings.csv', 'rankings.json']
+    assert sorted(os.listdir(out)) == ['influence.npz', 'rankings.csv', 'rankings.json',
+                                       'self_influence.csv']
     assert all(os.stat(path).st_mode & 0o777 == 0o644 for path in paths)
 
 
@@ -212,7 +214,7 @@ def test_custom_writer_callable(tmp_path):
     paths = reporting.write_report(make_report(), str(tmp_path),
                                    writers=reporting.DEFAULT_WRITERS + (count_writer,))
     assert paths[-1] == os.path.join(str(tmp_path), 'count.txt')
-    assert len(paths) == 4
+    assert len(paths) == len(reporting.DEFAULT_WRITERS) + 1
 
 
 def assert_png(path, min_size=(50, 50)):
