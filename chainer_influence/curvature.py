@@ -11,6 +11,7 @@ import chainer.functions as F
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
 from chainer_influence.hooks import exclusive_backward
 from chainer_influence.parameters import ParameterSpace
+from chainer_influence.progress import ProgressDisplay
 
 
 def random_batch_indices(random_state, n, batch_size):
@@ -34,7 +35,12 @@ class Curvature(object):
         device: Chainer device spec the batches are sent to (see ``get_batch``).
 
     Nothing here keeps a graph alive between calls, and the parameters' ``.grad`` is never touched.
+    ``progress`` (a :class:`~chainer_influence.progress.ProgressDisplay`; on a terminal by default;
+    ``InfluenceFunctions`` sets its own) is the display that the dense Hessian, power iterations
+    and the solvers draw their phases on.
     """
+
+    progress = ProgressDisplay()
 
     def __init__(self, model, loss_fn, train, params=None, weight_decay=0.0, batch_size=256,
                  device=None):
@@ -117,9 +123,11 @@ class Curvature(object):
             block_size = max(1, min(P, (1 << 22) // P))
         H = self.xp.empty((P, P), dtype=self.dtype)
         eye = self.xp.eye(P, dtype=self.dtype)
-        for begin in range(0, P, block_size):
-            end = min(begin + block_size, P)
-            H[begin:end] = self.hvp(eye[begin:end])
+        with self.progress.phase('Hessian', P) as bar:
+            for begin in range(0, P, block_size):
+                end = min(begin + block_size, P)
+                H[begin:end] = self.hvp(eye[begin:end])
+                bar.update(end - begin)
         return (H + H.T) / 2
 
     def top_eigenvalue(self, n_iter=20, indices=None, seed=0):
@@ -132,11 +140,13 @@ class Curvature(object):
         v = self.xp.asarray(rng.standard_normal(self.space.size).astype(self.dtype))
         v /= self.xp.linalg.norm(v)
         estimate = 0.0
-        for _ in range(n_iter):
-            hv = self.hvp(v, indices)
-            estimate = abs(float(v.dot(hv)))
-            norm = float(self.xp.linalg.norm(hv))
-            if norm == 0.0:
-                break
-            v = hv / norm
+        with self.progress.phase('power iteration', n_iter) as bar:
+            for _ in range(n_iter):
+                hv = self.hvp(v, indices)
+                estimate = abs(float(v.dot(hv)))
+                norm = float(self.xp.linalg.norm(hv))
+                bar.update()
+                if norm == 0.0:
+                    break
+                v = hv / norm
         return estimate

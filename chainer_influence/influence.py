@@ -21,7 +21,7 @@ from chainer_influence.cache import ScoreCache, fingerprint, hash_arrays
 from chainer_influence.curvature import Curvature
 from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
 from chainer_influence.losses import softmax_cross_entropy_loss
-from chainer_influence.progress import Progress
+from chainer_influence.progress import ProgressDisplay
 from chainer_influence.rankings import to_host
 
 EXACT_MAX_PARAMS = 2000      # default solver: Exact up to this many tracked parameters,
@@ -53,7 +53,8 @@ class InfluenceFunctions(object):
         batch_size (int): examples per forward/backward pass over the training set.
         device: Chainer device spec; None uses the model's device.
         cache_dir (str): where s_test and score blocks are cached; None: no cache.
-        progress (bool): progress bars on a terminal.
+        progress (bool): one progress display on a terminal covering every phase (Hessian,
+            solve, scoring); False silences all of them, a given solver's included.
 
     Everything runs under ``chainer.using_config('train', False)``; the model's parameters and
     their ``.grad`` are left untouched. Score matrices are returned as numpy arrays, s_test on the
@@ -76,6 +77,7 @@ class InfluenceFunctions(object):
         self.curvature = Curvature(model, loss_fn, train, params=params,
                                    weight_decay=weight_decay, batch_size=batch_size,
                                    device=self.device)
+        self.curvature.progress = ProgressDisplay(progress)
         self.space = self.curvature.space
         self.param_names = list(self.space.names)
         if solver is None:
@@ -176,7 +178,7 @@ class InfluenceFunctions(object):
         """Concatenate ``block_scores`` over the training set in cached blocks: (..., N)."""
         cache = self._cache()
         blocks = []
-        with Progress(self.n_train, title, enabled=self.progress) as bar:
+        with self.curvature.progress.phase(title, self.n_train) as bar:
             for begin in range(0, self.n_train, SCORE_BLOCK):
                 end = min(begin + SCORE_BLOCK, self.n_train)
                 name = '{}{}_{}'.format(prefix, begin, end)

@@ -1,4 +1,9 @@
-"""A minimal progress bar for long influence runs, in the style of Chainer's ProgressBar."""
+"""Progress of long influence runs, in the style of Chainer's ``ProgressBar``.
+
+One :class:`ProgressDisplay` serves a whole run: every phase (the Hessian, power iterations, the
+solve, scoring) draws its own bar line through it and ends that line when done, so the phases
+stack up one under another. Off when not on a terminal, and everywhere with ``enabled=False``.
+"""
 import sys
 import time
 
@@ -22,6 +27,11 @@ class Progress(object):
         self._start = self._last = time.time()
 
     def __enter__(self):
+        if self.enabled:
+            # Chainer's ProgressBar leaves the cursor at the top of its block: clear that block
+            # (it redraws itself) rather than draw over it
+            self.stream.write('\r\033[J')
+            self._draw(force=True)
         return self
 
     def __exit__(self, *exc):
@@ -45,7 +55,29 @@ class Progress(object):
         filled = int(self.width * fraction)
         rate = self.done / max(now - self._start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float('inf')
-        self.stream.write('\r{} [{}{}] {}/{} {:.1f}/s ETA {:.0f}s   '.format(
+        self.stream.write('\r{:>16} [{}{}] {}/{} {:.1f}/s ETA {:.0f}s   '.format(
             self.title, '#' * filled, '.' * (self.width - filled), self.done, self.total,
             rate, eta))
         self.stream.flush()
+
+
+class ProgressDisplay(object):
+    """The progress display of one influence run: ``phase(title, total)`` gives a
+    :class:`Progress` bar for one phase on its own line.
+
+    Args:
+        enabled (bool): False silences every phase (and every solver that draws through it).
+        stream: where to draw (default stderr); nothing is drawn unless it is a terminal.
+    """
+
+    def __init__(self, enabled=True, stream=None):
+        self.enabled = bool(enabled)
+        self.stream = stream
+
+    def phase(self, title, total, enabled=True):
+        """A :class:`Progress` for ``total`` steps; ``enabled=False`` (e.g. a solver's own
+        ``progress=False``) silences this phase only."""
+        return Progress(total, title, enabled=self.enabled and enabled, stream=self.stream)
+
+
+QUIET = ProgressDisplay(enabled=False)

@@ -10,7 +10,7 @@ import numpy
 import chainer
 
 from chainer_influence.curvature import random_batch_indices
-from chainer_influence.progress import Progress
+from chainer_influence.progress import QUIET
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -19,6 +19,11 @@ class NotPositiveDefiniteError(ValueError):
 
 class LiSSADivergenceError(ValueError):
     """The LiSSA recursion blew up: its scale is below the largest eigenvalue of H + damping I."""
+
+
+def _display(curvature):
+    """The run's progress display (see :class:`~chainer_influence.progress.ProgressDisplay`)."""
+    return getattr(curvature, 'progress', QUIET)
 
 
 def column_norms(X):
@@ -106,7 +111,7 @@ class CGSolver(object):
         relative = column_norms(R) / v_norms
         iterations = numpy.zeros(len(V), dtype=int)
         trace = []
-        with Progress(self.max_iter, 'CG', enabled=self.progress) as bar:
+        with _display(curvature).phase('CG', self.max_iter, enabled=self.progress) as bar:
             for it in range(1, self.max_iter + 1):
                 active = numpy.flatnonzero(relative > self.tol)
                 if active.size == 0:
@@ -208,7 +213,8 @@ class LiSSASolver(object):
         trace = numpy.zeros((self.repeat, self.depth))
         self.diagnostics['norm_trace'] = trace
         total = curvature.xp.zeros_like(V)
-        with Progress(self.repeat * self.depth, 'LiSSA', enabled=self.progress) as bar:
+        with _display(curvature).phase('LiSSA', self.repeat * self.depth,
+                                      enabled=self.progress) as bar:
             for r in range(self.repeat):
                 total += self._recursion(curvature, V, damping, scale, rng, trace[r], bar)
         return total / (self.repeat * scale)
