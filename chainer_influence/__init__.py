@@ -1,5 +1,8 @@
 """Influence functions (Koh & Liang 2017) for Chainer."""
 from chainer_influence.losses import softmax_cross_entropy_loss  # NOQA
+from chainer_influence.losses import sigmoid_cross_entropy_loss  # NOQA
+from chainer_influence.losses import squared_error_loss  # NOQA
+from chainer_influence.batches import TupleView  # NOQA
 from chainer_influence.parameters import ParameterSpace  # NOQA
 from chainer_influence.hooks import BatchCouplingError  # NOQA
 from chainer_influence.hooks import GradientCheckError  # NOQA
@@ -28,6 +31,9 @@ from chainer_influence.solvers import LiSSASolver  # NOQA
 from chainer_influence.solvers import NotPositiveDefiniteError  # NOQA
 from chainer_influence.influence import InfluenceFunctions  # NOQA
 from chainer_influence.extension import InfluenceExtension  # NOQA
+from chainer_influence.extension import InfluenceRunWarning  # NOQA
+from chainer_influence.extension import InfluenceWriteError  # NOQA
+from chainer_influence.training_setup import TrainingSetupError  # NOQA
 from chainer_influence.losses import hinge_loss  # NOQA
 from chainer_influence.losses import signed_margins  # NOQA
 from chainer_influence.losses import smooth_hinge_loss  # NOQA

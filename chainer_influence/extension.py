@@ -18,7 +18,8 @@ from chainer_influence.files import check_writable
 from chainer_influence.influence import InfluenceFunctions
 from chainer_influence.losses import sigmoid_cross_entropy_loss, softmax_cross_entropy_loss
 from chainer_influence.parameters import unwrap_model
-from chainer_influence.training_setup import trained_loss, weight_decay_of
+from chainer_influence.training_setup import (check_twice_differentiable, trained_loss,
+                                              weight_decay_of)
 
 ON_ERROR = ('warn', 'raise')
 
@@ -125,7 +126,7 @@ class InfluenceExtension(extension.Extension):
         self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.cache = cache
         self.progress = progress
-        self.on_error = on_error
+        self.error_policy = on_error  # not self.on_error: Extension.on_error is a method
         self.value_range = value_range
         self.keys = keys
         self.trigger = EndOfTrainingTrigger()
@@ -153,6 +154,7 @@ class InfluenceExtension(extension.Extension):
         loss_fn = self.loss_fn or trained_loss(model, trainer.updater, sample)
         n_outputs = checks.model_output_size(model, sample[0][:1])
         self._check_loss_shape(model, loss_fn, sample)
+        check_twice_differentiable(model, loss_fn, sample, params)
         labels = _label_kind(loss_fn)
         train_shapes = [a.shape[1:] for a in sample]
         train_labels = self._check_training_set(train, n_train, labels, n_outputs, model)
@@ -239,7 +241,7 @@ class InfluenceExtension(extension.Extension):
         except Exception as e:
             self.failures.append(report_files.failure('influence run', e))
             self._finish(trainer, out_dir, {self.out + '/failed': 1.0})
-            if self.on_error == 'raise':
+            if self.error_policy == 'raise':
                 raise
             return
         dirs = [out_dir]
@@ -249,7 +251,7 @@ class InfluenceExtension(extension.Extension):
             self.failures += report_files.write_all(self.report, directory, self._outputs())[1]
         values = self._values(calc, time.time() - start)
         self._finish(trainer, out_dir, values)
-        if self.failures and self.on_error == 'raise':
+        if self.failures and self.error_policy == 'raise':
             raise InfluenceWriteError('writers failed: {}'.format(
                 '; '.join('{}: {}'.format(f['what'], f['error']) for f in self.failures)))
 
@@ -288,7 +290,7 @@ class InfluenceExtension(extension.Extension):
                                             updater.epoch_detail)
         except Exception as e:
             path = 'nowhere ({}: {})'.format(type(e).__name__, e)
-        if self.on_error == 'warn':
+        if self.error_policy == 'warn':
             warnings.warn('InfluenceExtension failed at iteration {} ({}); training goes on. '
                           'Details in {}'.format(updater.iteration, '; '.join(
                               '{}: {}'.format(f['what'], f['error']) for f in self.failures),

@@ -13,6 +13,7 @@ import numpy
 from chainer import optimizer_hooks
 
 from chainer_influence import losses
+from chainer_influence.curvature import Curvature
 from chainer_influence.parameters import unwrap_model
 
 
@@ -56,6 +57,19 @@ def trained_loss(model, updater, batch):
     if lossfun is F.mean_squared_error:  # trained: a mean of squares over all outputs
         return _scaled(losses.squared_error_loss, 2.0 / per_output)
     return _reduced_loss(lossfun, y, batch[-1])
+
+
+def check_twice_differentiable(model, loss_fn, batch, params=None):
+    """One Hessian-vector product on ``batch`` (a few examples): raise
+    :class:`TrainingSetupError` when Chainer cannot differentiate ``loss_fn`` twice (e.g. an old
+    style Function such as ``F.hinge``, or softmax cross-entropy without double backprop)."""
+    curvature = Curvature(model, loss_fn, batch, params=params)
+    try:
+        curvature.hvp(curvature.xp.ones(curvature.space.size, dtype=curvature.dtype))
+    except Exception as e:
+        raise TrainingSetupError(
+            'the loss {} cannot be differentiated twice, which Hessian-vector products need '
+            '({}: {}).'.format(_name(loss_fn), type(e).__name__, e) + _ASK_FOR_LOSS) from e
 
 
 def _scaled(loss_fn, factor):
