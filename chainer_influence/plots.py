@@ -119,7 +119,7 @@ def _test_title(report, r):
     title = 'test #{}\nlabel {}'.format(
         report.test_indices[r], _label_text(report, report.test_labels[r]))
     if report.predicted_labels is not None:
-        title += '\npred {}'.format(_label_text(report, report.predicted_labels[r]))
+        title += ', pred {}'.format(_label_text(report, report.predicted_labels[r]))
     return title
 
 
@@ -197,7 +197,7 @@ def plot_top_scores(report, path, n_show=None):
         colours = [_COLOURS['harmful']] * k + [_COLOURS['helpful']] * k
         labels = ['#{} ({})'.format(int(j), _label_text(report, report.train_labels[j]))
                   for j in indices]
-        _bars(ax, labels, values, colours, _test_title(report, r).replace('\n', ', '))
+        _bars(ax, labels, values, colours, _test_title(report, r).replace('\n', ': '))
     _legend(fig, ('helpful', 'harmful'))
     fig.tight_layout(rect=(0, 0.6 / (height * grid_rows + 0.6), 1, 1))
     return _save(fig, path)
@@ -224,13 +224,15 @@ def plot_top_self_influence(report, train_images, path, value_range=None, images
         value_range = detect_value_range(_sample_inputs(train_images, indices))
     cols = min(len(top), 10)
     rows = -(-len(top) // cols)
-    fig = _figure(1.35 * cols, 1.75 * rows + 0.6)
+    height = 1.75 * rows + 1.2
+    fig = _figure(1.35 * cols, height)
     for n, entry in enumerate(top):
         ax = fig.add_subplot(rows, cols, n + 1)
         _show(ax, as_image(_example(train_images, entry['train_index']), value_range),
               _tile_title(report, entry['train_index'], entry['score']), _COLOURS['self'])
+    fig.suptitle('training examples of largest self-influence', fontsize=FONT_SIZE + 1)
     _legend(fig, ('self',))
-    fig.tight_layout(rect=(0, 0.6 / (1.75 * rows + 0.6), 1, 1))
+    fig.tight_layout(rect=(0, 0.5 / height, 1, 1 - 0.4 / height))
     return _save(fig, path)
 
 
