@@ -283,6 +283,7 @@ class InfluenceExtension(extension.Extension):
         values.setdefault(self.out + '/failed', 0.0)
         reporter.report(values)
         if not self.failures:
+            report_files.remove_error(out_dir)  # from an earlier run; this one succeeded
             return
         updater = trainer.updater
         try:

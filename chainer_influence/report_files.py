@@ -46,3 +46,11 @@ def write_error(out_dir, failures, iteration=None, epoch=None):
            'failures': failures}
     return atomic_write(os.path.join(out_dir, 'error.json'),
                         lambda f: (json.dump(doc, f, indent=1), f.write('\n')), binary=False)
+
+
+def remove_error(out_dir):
+    """Remove a stale ``out_dir/error.json`` (a later run succeeded)."""
+    try:
+        os.remove(os.path.join(out_dir, 'error.json'))
+    except FileNotFoundError:
+        pass

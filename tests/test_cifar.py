@@ -195,10 +195,11 @@ class PickySolver(ci.ExactSolver):
         return super().solve(curvature, V, damping)
 
 
-def _retrying(retries, damping=0.01):
+def _retrying(retries, damping=0.01, on_error='warn'):
     return lambda train, test: train_cifar.RetryingInfluenceExtension(
         train, test, test_indices=[0], top_k=2, solver=PickySolver(), damping=damping,
-        out='influence_x', plot=False, cache=False, progress=False, retries=retries)
+        out='influence_x', plot=False, cache=False, progress=False, retries=retries,
+        on_error=on_error)
 
 
 def test_retrying_extension_retries_with_more_damping(tmp_path):
@@ -214,6 +215,11 @@ def test_retrying_extension_retries_with_more_damping(tmp_path):
 @pytest.mark.parametrize('retries,damping', [(1, 0.01), (3, 0.0)])
 def test_retrying_extension_gives_up(tmp_path, retries, damping):
     trainer, *_ = _trainer(str(tmp_path), _retrying(retries, damping))
+    with pytest.warns(ci.InfluenceRunWarning, match='too small'):
+        trainer.run()  # training finishes; the failure is in the log and error.json
+    assert _json(str(tmp_path), 'log')[-1]['influence_x/failed'] == 1.0
+    assert 'too small' in _json(str(tmp_path), 'influence_x', 'error.json')['failures'][0]['error']
+    trainer, *_ = _trainer(str(tmp_path / 'raise'), _retrying(retries, damping, 'raise'))
     with pytest.raises(ci.NotPositiveDefiniteError):
         trainer.run(show_loop_exception_msg=False)
 

@@ -120,15 +120,21 @@ class RetryingInfluenceExtension(ci.InfluenceExtension):
         self.retries = retries
 
     def __call__(self, trainer):
-        for attempt in range(self.retries + 1):
-            try:
-                return super().__call__(trainer)
-            except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:
-                if attempt == self.retries or self.damping <= 0:
-                    raise
-                print('{}: {}\n{}: retrying with damping={:g}'.format(
-                    self.out, e, self.out, self.damping * 10), file=sys.stderr)
-                self.damping *= 10
+        policy = self.error_policy  # the last attempt fails as the user asked (on_error)
+        try:
+            for attempt in range(self.retries + 1):
+                last = attempt == self.retries or self.damping <= 0
+                self.error_policy = policy if last else 'raise'
+                try:
+                    return super().__call__(trainer)
+                except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:
+                    if last:
+                        raise
+                    print('{}: {}\n{}: retrying with damping={:g}'.format(
+                        self.out, e, self.out, self.damping * 10), file=sys.stderr)
+                    self.damping *= 10
+        finally:
+            self.error_policy = policy
 
 
 def make_influence_extension(scope, train, test, args):
