@@ -1,8 +1,20 @@
+import os
+import re
+
 from setuptools import find_packages, setup
+
+
+def read_version():
+    """``__version__`` from chainer_influence/_version.py (without importing the package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'chainer_influence',
+                        '_version.py')
+    with open(path) as f:
+        return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
+
 
 setup(
     name='chainer-influence',
-    version='0.1.0',
+    version=read_version(),
     description='Influence functions (Koh & Liang 2017) for Chainer',
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',

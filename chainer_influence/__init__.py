@@ -1,4 +1,5 @@
 """Influence functions (Koh & Liang 2017) for Chainer."""
+from chainer_influence._version import __version__  # NOQA
 from chainer_influence.losses import softmax_cross_entropy_loss  # NOQA
 from chainer_influence.losses import sigmoid_cross_entropy_loss  # NOQA
 from chainer_influence.losses import squared_error_loss  # NOQA

@@ -18,6 +18,8 @@ def get_batch(dataset, indices, device=None):
 
     ``dataset`` is a Chainer dataset of tuples, or a tuple of arrays (x, t, ...) indexed along axis 0.
     """
+    if isinstance(dataset, CheckedDataset):
+        return dataset.get_batch(indices, device)
     if isinstance(dataset, tuple):
         indices = numpy.asarray(list(indices) if isinstance(indices, range) else indices)
         batch = tuple(a[indices] for a in dataset)
@@ -82,3 +84,28 @@ def as_tuples(dataset, keys=None, label_key=None):
                            '..., label)'.format(label, names))
         keys = [k for k in names if k != label] + [label]
     return TupleView(dataset, keys)
+
+
+class CheckedDataset(object):
+    """A dataset whose batches pass through ``check(batch, indices)`` as :func:`get_batch` reads
+    them, so examples are validated inside the passes that already read them (no extra pass).
+
+    ``check`` is e.g. a :class:`~chainer_influence.checks.ExampleChecker`; it raises on a bad
+    example. Indexing and ``len`` are those of ``dataset``.
+    """
+
+    def __init__(self, dataset, check):
+        self.dataset = dataset
+        self.check = check
+
+    def __len__(self):
+        return dataset_length(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def get_batch(self, indices, device=None):
+        indices = numpy.asarray(list(indices) if isinstance(indices, range) else indices)
+        batch = get_batch(self.dataset, indices, device)
+        self.check(batch, indices)
+        return batch

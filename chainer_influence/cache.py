@@ -1,71 +1,116 @@
 """On-disk cache of s_test vectors and influence score blocks, keyed by a fingerprint.
 
-Layout: ``cache_dir/<fingerprint>/settings.json`` and ``.npy`` files written atomically (temporary
-file, then ``os.replace``), so an interrupted run leaves only complete files and resumes from them.
-The fingerprint hashes the model's parameter values, the training data, the test data and the
-settings; a cache made for anything else lives under another fingerprint and is never reused.
+Layout: ``cache_dir/<key>/settings.json`` and ``<name>.npy`` blocks. ``<key>`` (16 hex digits)
+hashes everything a score depends on (see :mod:`chainer_influence.fingerprints` and
+``InfluenceFunctions``): every training example, the loss function's identity and code, the
+model's structure (link classes, the functions of one forward pass and their shapes), all
+parameter and persistent values, the solver and its settings, damping, weight decay, the tracked
+parameter names and the library versions. Test points and s_test enter the block names. Anything
+changed gives another key, so a cache is never reused for other inputs.
+
+Rules:
+
+* Writes are atomic (temporary file, then ``os.replace``): an interrupted run leaves only complete
+  blocks and resumes from them. Temporary files (``.*.tmp``) left by killed runs and untouched
+  for a minute are removed when a cache is opened (see :mod:`chainer_influence.files`).
+* Every block read is validated (readable ``.npy`` without pickles, expected shape and dtype,
+  finite values); a bad block is named in a warning, removed and recomputed.
+* Pruning: each ``cache_dir`` keeps the ``KEEP`` (3) most recently used keys (directory mtime;
+  opening a cache touches it); older key directories (16 hex digits holding ``settings.json``)
+  are removed when a cache is opened. Other files in ``cache_dir`` are never touched.
 """
-import hashlib
 import json
 import os
+import re
+import shutil
 import warnings
 
 import numpy
 
-from chainer_influence.files import atomic_write
-from chainer_influence.rankings import to_host
+from chainer_influence.devices import to_host
+from chainer_influence.files import atomic_write, remove_stale_temporaries
 
-
-def hash_arrays(arrays, digest=None):
-    """Update (or start) a sha1 digest with the dtype, shape and bytes of each array."""
-    digest = digest or hashlib.sha1()
-    for a in arrays:
-        a = numpy.ascontiguousarray(to_host(a))
-        digest.update(str((a.dtype.str, a.shape)).encode())
-        digest.update(a.tobytes())
-    return digest
-
-
-def fingerprint(param_arrays, data_arrays, settings):
-    """A short hex key for parameter values, data samples and a JSON-able settings dict."""
-    digest = hash_arrays(list(param_arrays) + list(data_arrays))
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
+KEEP = 3
+_KEY_PATTERN = re.compile(r'^[0-9a-f]{16}$')
 
 
 class ScoreCache(object):
-    """Atomic ``.npy`` store under ``cache_dir/<key>/``; a no-op when ``cache_dir`` is None."""
+    """Validated ``.npy`` store under ``cache_dir/<key>/``; a no-op when ``cache_dir`` is None.
 
-    def __init__(self, cache_dir, key, settings):
+    Args:
+        cache_dir (str or None): the folder that holds one directory per key.
+        key (str): 16 hex digits identifying the inputs.
+        settings (dict): JSON-able description of the key, written to ``settings.json``.
+        keep (int): key directories kept in ``cache_dir`` (the most recently used).
+    """
+
+    def __init__(self, cache_dir, key, settings, keep=KEEP):
         self.directory = None
         if cache_dir is None:
             return
-        others = [d for d in _subdirs(cache_dir) if d != key]
-        if others:
-            warnings.warn(
-                'cache_dir {} holds results for other models, data or settings ({}); they are '
-                'not reused. Using {}.'.format(cache_dir, ', '.join(sorted(others)), key))
         self.directory = os.path.join(cache_dir, key)
         os.makedirs(self.directory, exist_ok=True)
+        os.utime(self.directory)  # most recently used
+        remove_stale_temporaries(self.directory)
         path = os.path.join(self.directory, 'settings.json')
         if not os.path.exists(path):
             atomic_write(path, lambda f: f.write(
                 json.dumps(settings, sort_keys=True, indent=1, default=str).encode()))
+        others = [d for d in _key_dirs(cache_dir) if d != key]
+        pruned = prune(cache_dir, keep, current=key)
+        if others:
+            warnings.warn(
+                'cache_dir {} holds results for other training data, model, loss or settings '
+                '({}); they are not reused: results for these inputs go to {}.{}'.format(
+                    cache_dir, ', '.join(sorted(others)), key,
+                    ' Removed the oldest: {} (keeping the {} most recent).'.format(
+                        ', '.join(pruned), keep) if pruned else ''))
 
-    def load(self, name):
-        """The array stored as ``name`` or None."""
+    def load(self, name, shape, dtype):
+        """The array stored as ``name`` if it is valid, else None (a bad block is removed)."""
         if self.directory is None:
             return None
         path = os.path.join(self.directory, name + '.npy')
-        return numpy.load(path) if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        problem = None
+        try:
+            array = numpy.load(path, allow_pickle=False)
+        except Exception as e:  # truncated, garbage, pickled: all unusable
+            problem = 'unreadable ({}: {})'.format(type(e).__name__, e)
+        else:
+            if array.shape != tuple(shape):
+                problem = 'shape {} instead of {}'.format(array.shape, tuple(shape))
+            elif array.dtype != numpy.dtype(dtype):
+                problem = 'dtype {} instead of {}'.format(array.dtype, numpy.dtype(dtype))
+            elif not numpy.isfinite(array).all():
+                problem = 'non-finite values'
+        if problem is None:
+            return array
+        warnings.warn('cache block {} is invalid: {}; removed it and recomputing'.format(
+            path, problem))
+        os.remove(path)
+        return None
 
     def save(self, name, array):
         if self.directory is not None:
             atomic_write(os.path.join(self.directory, name + '.npy'),
-                          lambda f: numpy.save(f, to_host(array)))
+                         lambda f: numpy.save(f, to_host(array), allow_pickle=False))
 
 
-def _subdirs(path):
-    if not os.path.isdir(path):
+def prune(cache_dir, keep=KEEP, current=None):
+    """Remove all but the ``keep`` most recently used key directories (never ``current``);
+    returns the removed names."""
+    dirs = sorted((d for d in _key_dirs(cache_dir) if d != current),
+                  key=lambda d: os.path.getmtime(os.path.join(cache_dir, d)), reverse=True)
+    removed = dirs[max(keep - (current is not None), 0):]
+    for d in removed:
+        shutil.rmtree(os.path.join(cache_dir, d), ignore_errors=True)
+    return removed
+
+
+def _key_dirs(cache_dir):
+    if not os.path.isdir(cache_dir):
         return []
-    return [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))]
+    return [d for d in os.listdir(cache_dir) if _KEY_PATTERN.match(d)
+            and os.path.isfile(os.path.join(cache_dir, d, 'settings.json'))]

@@ -289,3 +289,14 @@ class ExampleChecker(object):
         check_examples(batch, self.what, indices=indices, **self.options)
         self.checked[indices] = True
         self.done = bool(self.checked.all())
+
+
+def check_solver(solver):
+    """``solver``: an instance with ``solve(curvature, V, damping)``, e.g. ``ci.CGSolver()``."""
+    if isinstance(solver, type):
+        raise TypeError('solver must be a solver instance, got the class {0}: write '
+                        'solver={0}()'.format(solver.__name__))
+    if not callable(getattr(solver, 'solve', None)):
+        raise TypeError('solver must have a solve(curvature, V, damping) method, e.g. '
+                        'ci.CGSolver(); got {!r}'.format(solver))
+    return solver

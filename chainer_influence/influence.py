@@ -8,21 +8,27 @@ Scoring streams once over the training set: the per-example gradient hook contra
 example's gradient with the M s_test vectors inside the backward pass, so memory does not grow
 with N and no (N, P) array is ever built.
 """
+import hashlib
+import json
 import sys
+import warnings
 
 import numpy
 
 import chainer
 import chainer.functions as F
 
+from chainer_influence import checks
+from chainer_influence import fingerprints
 from chainer_influence import solvers as solvers_module
-from chainer_influence.batches import dataset_length, get_batch, iterate_batches
-from chainer_influence.cache import ScoreCache, fingerprint, hash_arrays
+from chainer_influence._version import __version__
+from chainer_influence.batches import CheckedDataset, dataset_length, get_batch, iterate_batches
+from chainer_influence.cache import ScoreCache
 from chainer_influence.curvature import Curvature
+from chainer_influence.devices import model_device, to_host
 from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
 from chainer_influence.losses import softmax_cross_entropy_loss
 from chainer_influence.progress import ProgressDisplay
-from chainer_influence.rankings import to_host
 
 EXACT_MAX_PARAMS = 2000      # default solver: Exact up to this many tracked parameters,
 CG_MAX_TRAIN = 20000         # CG up to this many training examples, LiSSA beyond.
@@ -58,23 +64,38 @@ class InfluenceFunctions(object):
 
     Everything runs under ``chainer.using_config('train', False)``; the model's parameters and
     their ``.grad`` are left untouched. Score matrices are returned as numpy arrays, s_test on the
-    model's device.
+    model's device, in the model's dtype.
+
+    Inputs are validated where they enter (see :mod:`chainer_influence.checks`): the arguments and
+    the model here, the first training example at once, every other training example inside the
+    first pass that reads it, test points and indices on each call.
     """
 
     def __init__(self, model, train, loss_fn=softmax_cross_entropy_loss, solver=None,
                  weight_decay=0.0, damping=0.0, params=None, batch_size=256, device=None,
                  cache_dir=None, progress=True):
+        checks.check_model(model)
+        params = checks.resolve_param_names(model, params)
         self.model = model
         self.train = train
         self.n_train = dataset_length(train, 'training set')
         self.loss_fn = loss_fn
-        self.weight_decay = (dict(weight_decay) if isinstance(weight_decay, dict)
-                             else float(weight_decay))
-        self.damping = float(damping)
-        self.batch_size = int(batch_size)
-        self.device = self._check_device(model, device)
+        if isinstance(weight_decay, dict):  # per-parameter rates {name: rate}
+            self.weight_decay = {
+                name: checks.check_non_negative(rate, 'weight_decay[{!r}]'.format(name))
+                for name, rate in weight_decay.items()}
+        else:
+            self.weight_decay = checks.check_non_negative(weight_decay, 'weight_decay')
+        self.damping = checks.check_damping(damping)
+        self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
+        self.device = model_device(model, device)
         self.progress = progress
-        self.curvature = Curvature(model, loss_fn, train, params=params,
+        first = get_batch(train, [0], self.device)
+        self._example_rules = self._first_example_rules(first)
+        self._train_shapes = [a.shape[1:] for a in first]
+        self._data = CheckedDataset(train, checks.ExampleChecker(
+            self.n_train, 'training set', **self._example_rules))
+        self.curvature = Curvature(model, loss_fn, self._data, params=params,
                                    weight_decay=weight_decay, batch_size=batch_size,
                                    device=self.device)
         self.curvature.progress = ProgressDisplay(progress)
@@ -84,25 +105,15 @@ class InfluenceFunctions(object):
             solver = default_solver(self.space.size, self.n_train)
             self._say('solver=None: using {} for P={} parameters and N={} training '
                       'examples'.format(type(solver).__name__, self.space.size, self.n_train))
-        self.solver = solver
-        self._train_shapes = [a.shape[1:] for a in get_batch(train, [0])]
-        self._key = None
+        self.solver = checks.check_solver(solver)
+        self._cache_store = None
         self._cache_dir = cache_dir
 
     # ---- public API ----------------------------------------------------------------------
     def s_test(self, test):
         """(M, P) = (H + damping I)^-1 grad L(z_test) for the M test points, one solve."""
         batch = self._test_batch(test)
-        cache = self._cache()
-        name = 's_test_' + self._test_key(batch)
-        cached = cache.load(name)
-        if cached is not None:
-            return self.space.xp.asarray(cached)
-        grads = self._gradients(batch)
-        s = self.solver.solve(self.curvature, grads, damping=self.damping)
-        _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
-        cache.save(name, s)
-        return s
+        return self._s_test(batch, self._test_key(batch))
 
     def influence(self, test, s_test=None):
         """(M, N) I_up,loss for every (test point, training example) pair; see module docstring.
@@ -110,23 +121,25 @@ class InfluenceFunctions(object):
         One streaming pass over the training set; ``s_test`` (M, P) skips the solve.
         """
         batch = self._test_batch(test)
+        test_key = self._test_key(batch)  # hashed once per call, only when caching
         if s_test is None:
-            s_test = self.s_test(batch)
-        s_test = self.space.xp.asarray(s_test)
-        if s_test.ndim != 2 or s_test.shape != (len(batch[0]), self.space.size):
-            raise ValueError('s_test must have shape (M={}, P={}), got {}'.format(
-                len(batch[0]), self.space.size, s_test.shape))
+            s_test = self._s_test(batch, test_key)
+            prefix = 'scores_{}_'.format(test_key)
+        else:
+            s_test = self.space.xp.asarray(s_test)
+            if s_test.ndim != 2 or s_test.shape != (len(batch[0]), self.space.size):
+                raise ValueError('s_test must have shape (M={}, P={}), got {}'.format(
+                    len(batch[0]), self.space.size, s_test.shape))
+            prefix = 'scores_s{}_'.format(
+                None if test_key is None else fingerprints.hash_arrays([s_test]).hexdigest()[:12])
         hook = PerSampleGradientHook(self.model, self.param_names)
-        hook.contract_with(s_test.astype(self.space.params[0].dtype, copy=False))
-        prefix = 'scores_'
-        if self._cache_dir is not None:  # hashing 100 s_test vectors is not free
-            prefix += '{}_{}_'.format(self._test_key(batch), hash_arrays([s_test]).hexdigest()[:8])
+        hook.contract_with(s_test.astype(self.curvature.dtype, copy=False))
 
         def block_scores(begin, end, train_batch):
             self._backward(hook, train_batch)
             return -hook.contractions.T
 
-        return self._stream(prefix, block_scores, 'influence')
+        return self._stream(prefix, block_scores, 'influence', (len(batch[0]),))
 
     def self_influence(self):
         """(N,) grad L(z_i)^T (H + damping I)^-1 grad L(z_i); large values flag outliers."""
@@ -141,19 +154,21 @@ class InfluenceFunctions(object):
             self._say('self_influence with {} solves once per training example (N={}); '
                       'ExactSolver factorises once'.format(type(self.solver).__name__,
                                                             self.n_train))
-        return self._stream('self_influence_', block_scores, 'self-influence')
+        return self._stream('self_influence_', block_scores, 'self-influence', ())
 
     def influence_on_params(self, train_indices):
         """(K, P) I_up,params = -(H + damping I)^-1 grad L(z_i): d theta / d epsilon."""
-        batch = get_batch(self.train, list(train_indices), self.device)
+        indices = checks.check_indices(train_indices, self.n_train, 'train_indices')
+        batch = get_batch(self._data, indices, self.device)
         return -self.solver.solve(self.curvature, self._gradients(batch), damping=self.damping)
 
     def perturbation_influence(self, test, train_indices):
         """(M, K, *x_shape) I_pert,loss = -grad_x [grad L(z_test)^T (H + damping I)^-1
         grad_theta L(z_i)]: how the test loss moves when training input x_i is perturbed.
         """
+        indices = checks.check_indices(train_indices, self.n_train, 'train_indices')
         s_test = self.s_test(test)
-        x, *rest = get_batch(self.train, list(train_indices), self.device)
+        x, *rest = get_batch(self._data, indices, self.device)
         if x.dtype.kind != 'f':
             raise TypeError(
                 'perturbation influence differentiates with respect to the training input, which '
@@ -174,19 +189,33 @@ class InfluenceFunctions(object):
         return to_host(self.space.xp.stack(out))
 
     # ---- internals -----------------------------------------------------------------------
-    def _stream(self, prefix, block_scores, title):
-        """Concatenate ``block_scores`` over the training set in cached blocks: (..., N)."""
+    def _s_test(self, batch, test_key):
+        cache = self._cache()
+        name = 's_test_{}'.format(test_key)
+        cached = cache.load(name, (len(batch[0]), self.space.size), self.curvature.dtype)
+        if cached is not None:
+            return self.space.xp.asarray(cached)
+        grads = self._gradients(batch)
+        s = self.solver.solve(self.curvature, grads, damping=self.damping)
+        _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
+        s = s.astype(self.curvature.dtype, copy=False)
+        cache.save(name, s)
+        return s
+
+    def _stream(self, prefix, block_scores, title, lead_shape):
+        """Concatenate ``block_scores`` over the training set in cached blocks: (*lead, N)."""
         cache = self._cache()
         blocks = []
         with self.curvature.progress.phase(title, self.n_train) as bar:
             for begin in range(0, self.n_train, SCORE_BLOCK):
                 end = min(begin + SCORE_BLOCK, self.n_train)
                 name = '{}{}_{}'.format(prefix, begin, end)
-                block = cache.load(name)
+                block = cache.load(name, lead_shape + (end - begin,), self.curvature.dtype)
                 if block is None:
                     parts = [to_host(block_scores(b, e, batch)) for b, e, batch in
                              self._batches(begin, end, bar)]
-                    block = numpy.concatenate(parts, axis=-1)
+                    block = numpy.concatenate(parts, axis=-1).astype(self.curvature.dtype,
+                                                                     copy=False)
                     _check_finite(block, title + ' scores')
                     cache.save(name, block)
                 else:
@@ -195,7 +224,7 @@ class InfluenceFunctions(object):
         return numpy.concatenate(blocks, axis=-1)
 
     def _batches(self, begin, end, bar):
-        for b, e, batch in iterate_batches(self.train, self.batch_size, self.device, begin, end):
+        for b, e, batch in iterate_batches(self._data, self.batch_size, self.device, begin, end):
             yield b, e, batch
             bar.update(e - b)
 
@@ -211,48 +240,72 @@ class InfluenceFunctions(object):
         _check_finite(G, 'per-example gradients')
         return G
 
+    def _first_example_rules(self, first):
+        """Check the first training example; the rules (``check_examples`` options) for all."""
+        rules = {'integer_inputs': checks.takes_integer_inputs(self.model)}
+        checks.check_examples(first, 'training set', **rules)  # dtypes, before a forward pass
+        rules['n_outputs'] = (checks.model_output_size(self.model, first[0])
+                              if getattr(self.loss_fn, 'class_labels', False) else None)
+        checks.check_examples(first, 'training set', **rules)
+        return rules
+
     def _test_batch(self, test):
-        """Test points as a tuple of device arrays, checked against the training data's shapes."""
+        """Test points as a tuple of device arrays, checked against the training data's form."""
         n = dataset_length(test, 'test set')
         batch = get_batch(test, numpy.arange(n), self.device)
-        shapes = [a.shape[1:] for a in batch]
-        if shapes != self._train_shapes:
-            raise ValueError('test examples have shapes {} but training examples have {}'.format(
-                shapes, self._train_shapes))
+        checks.check_examples(batch, 'test set', reference=self._train_shapes,
+                              **self._example_rules)
         return batch
 
     def _test_key(self, batch):
-        return hash_arrays(batch).hexdigest()[:12]
+        """A hash of the test points for block names; None when not caching."""
+        if self._cache().directory is None:
+            return None
+        return fingerprints.hash_arrays(batch).hexdigest()[:12]
 
     def _cache(self):
-        if self._key is None:
-            settings = {
-                'loss_fn': getattr(self.loss_fn, '__name__', repr(self.loss_fn)),
-                'solver': _describe(self.solver), 'params': self.param_names,
-                'weight_decay': self.weight_decay, 'damping': self.damping,
-                'n_train': self.n_train,
-            }
-            sample = numpy.linspace(0, self.n_train - 1, min(self.n_train, 64)).astype(int)
-            self._key = fingerprint([p.array for p in self.space.params],
-                                    get_batch(self.train, sample), settings)
-            self._cache_store = ScoreCache(self._cache_dir, self._key, settings)
+        if self._cache_store is None:
+            key = settings = None
+            if self._cache_dir is not None:
+                try:
+                    settings = self._cache_settings()
+                except fingerprints.UnidentifiableError as e:
+                    warnings.warn(
+                        'not caching under {}: {}, so the cache could not tell this loss '
+                        'function from another. Use a module-level loss function whose '
+                        'closure and defaults hold plain values or arrays, or cache_dir=None.'
+                        .format(self._cache_dir, e))
+                    self._cache_dir = None
+                else:
+                    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+                    key = key.hexdigest()[:16]
+            self._cache_store = ScoreCache(self._cache_dir, key, settings)
         return self._cache_store
+
+    def _cache_settings(self):
+        """Everything the cached results depend on, as a JSON-able dict (hashes for the bulk)."""
+        def sha1(value):
+            return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+        first = get_batch(self.train, [0], self.device)
+        structure = fingerprints.describe_forward(self.model, self.loss_fn, first)
+        return {
+            'versions': {'chainer_influence': __version__, 'chainer': chainer.__version__,
+                         'numpy': numpy.__version__},
+            'loss_fn': getattr(self.loss_fn, '__qualname__', repr(self.loss_fn)),
+            'loss_fn_sha1': sha1(fingerprints.describe_function(self.loss_fn)),
+            'model_functions': [call[0].rsplit('.', 1)[-1] for call in structure['functions']],
+            'model_structure_sha1': sha1(structure),
+            'model_values_sha1': fingerprints.hash_model_values(self.model),
+            'train_sha1': fingerprints.hash_dataset(self._data),
+            'n_train': self.n_train, 'params': self.param_names,
+            'solver': _describe(self.solver), 'weight_decay': self.weight_decay,
+            'damping': self.damping, 'score_block': SCORE_BLOCK,
+        }
 
     def _say(self, message):
         if self.progress:
             sys.stderr.write('chainer_influence: {}\n'.format(message))
-
-    @staticmethod
-    def _check_device(model, device):
-        model_device = chainer.backend.get_device_from_array(
-            next(iter(model.params())).array)
-        if device is None:
-            return model_device
-        device = chainer.get_device(device)
-        if device != model_device:
-            raise ValueError('the model is on {} but device={}: move it with '
-                             'model.to_device({!r}) first'.format(model_device, device, str(device)))
-        return device
 
 
 def _describe(solver):
@@ -260,7 +313,7 @@ def _describe(solver):
     settings = {k: v for k, v in sorted(vars(solver).items())
                 if not k.startswith('_') and k != 'progress'
                 and isinstance(v, (int, float, str, bool, type(None)))}
-    return '{}({})'.format(type(solver).__name__, settings)
+    return '{}.{}({})'.format(type(solver).__module__, type(solver).__name__, settings)
 
 
 def _check_finite(array, what):

@@ -14,6 +14,10 @@ def softmax_cross_entropy_loss(model, x, t):
     return F.softmax_cross_entropy(logits, t, reduce='no', enable_double_backprop=True)
 
 
+# its labels are class indices into the model's outputs: validated as such (see checks.py)
+softmax_cross_entropy_loss.class_labels = True
+
+
 def signed_margins(model, x, y):
     """s = y * f(x), shape (B,): f gives one score per example ((B,) or (B, 1)); the label is +1
     where ``y > 0`` and -1 elsewhere, so labels in {0, 1} and in {-1, +1} both work."""

@@ -11,7 +11,8 @@ import numpy
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from chainer_influence.rankings import to_host
+from chainer_influence.devices import to_host
+from chainer_influence.files import atomic_write
 
 
 def _figure(width, height):
@@ -21,10 +22,9 @@ def _figure(width, height):
 
 
 def _save(fig, path, dpi=100):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    """Write ``fig`` to ``path`` atomically: a killed run leaves the previous figure intact."""
+    kind = os.path.splitext(path)[1].lstrip('.').lower() or 'png'
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=kind))
 
 
 def _square_side(size):

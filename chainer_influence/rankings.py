@@ -5,14 +5,7 @@ test loss), positive = harmful.
 """
 import numpy
 
-import chainer
-
-
-def to_host(array, dtype=None):
-    """``array`` (numpy, cupy or a list) as a numpy array; None stays None."""
-    if array is None:
-        return None
-    return numpy.asarray(chainer.backend.CpuDevice().send(array), dtype=dtype)
+from chainer_influence.devices import to_host
 
 
 def _smallest(scores, k):

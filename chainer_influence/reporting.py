@@ -44,7 +44,7 @@ import os
 import numpy
 
 from chainer_influence.files import atomic_write
-from chainer_influence.rankings import to_host
+from chainer_influence.devices import to_host
 from chainer_influence.rankings import top_influential
 
 

@@ -18,7 +18,7 @@ from chainer.optimizer_hooks import WeightDecay
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
 from chainer_influence.parameters import unwrap_model
 from chainer_influence.progress import Progress
-from chainer_influence.rankings import to_host
+from chainer_influence.devices import to_host
 from chainer_influence.retraining import fit_lbfgs
 
 CHECKPOINTS = (0.05, 0.1, 0.2, 0.3)  # fractions of the training set checked (Sec. 5.4)

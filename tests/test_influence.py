@@ -236,10 +236,9 @@ def test_clear_errors(mlp_problem):
 
     broken = _copy(model)
     broken.l2.W.array[0, 0] = numpy.nan
-    calc = ci.InfluenceFunctions(broken, train, solver=ci.ExactSolver(), damping=0.01,
-                                 progress=False)
-    with pytest.raises((FloatingPointError, ValueError), match='non-finite|NaN|nan'):
-        calc.influence(tests)
+    with pytest.raises(ValueError, match='parameter /l2/W contains NaN'):  # found up front
+        ci.InfluenceFunctions(broken, train, solver=ci.ExactSolver(), damping=0.01,
+                              progress=False)
 
 
 def test_objective_gradient_is_zero_at_the_fit(logreg):
