@@ -8,6 +8,7 @@ import numpy
 import chainer
 import chainer.functions as F
 
+from chainer_influence import checks
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
 from chainer_influence.hooks import exclusive_backward
 from chainer_influence.parameters import ParameterSpace
@@ -50,7 +51,7 @@ class Curvature(object):
         self.space = ParameterSpace(model, params)
         self.n_train = dataset_length(train, 'training set')
         self.weight_decay = self.space.per_parameter(weight_decay)
-        self.batch_size = int(batch_size)
+        self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.device = device
 
     @property
@@ -150,3 +151,50 @@ class Curvature(object):
                     break
                 v = hv / norm
         return estimate
+
+    def gradient_support(self, seed=0):
+        """(P,) numpy bool: True where some training example's loss gradient is non-zero.
+
+        One backward pass over the training set of sum_i r_i L(z_i) with random weights
+        r_i ~ N(0, 1) (numpy RandomState(seed)): a coordinate of its gradient is zero exactly when
+        (almost surely) every example's gradient is zero there, even at a minimum where the
+        gradients cancel. Those coordinates' rows of H are weight_decay only.
+        """
+        rng = numpy.random.RandomState(seed)
+        support = numpy.zeros(self.space.size, dtype=bool)
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+            for begin, end, batch in iterate_batches(self.train, self.batch_size, self.device):
+                weights = self.xp.asarray(rng.standard_normal(end - begin).astype(self.dtype))
+                losses = self.loss_fn(self.model, *batch)
+                grads = chainer.grad([F.sum(losses * weights)], self.space.params)
+                flat = self.space.flatten([self.xp.zeros(p.shape, p.dtype) if g is None
+                                           else g.array for g, p in zip(grads, self.space.params)])
+                support |= chainer.backend.CpuDevice().send(flat != 0)
+        return support
+
+
+def lanczos_eigenvalues(matvec, start, n_iter=30):
+    """Ritz values (ascending numpy array) of a symmetric operator after ``n_iter`` Lanczos steps.
+
+    ``matvec(v)`` maps a (P,) vector to (P,); ``start`` (P,) is the first direction. Full
+    reorthogonalisation keeps the small tridiagonal matrix faithful. The extreme Ritz values
+    converge first: the smallest is an upper bound on the smallest eigenvalue, approaching it.
+    """
+    xp = chainer.backend.get_array_module(start)
+    q = start / xp.linalg.norm(start)
+    basis, alphas, betas = [], [], []
+    for _ in range(min(n_iter, start.size)):
+        basis.append(q)
+        w = matvec(q)
+        alphas.append(float(q.dot(w)))
+        for _ in range(2):  # twice is enough (Giraud et al. 2005)
+            for b in basis:
+                w = w - b.dot(w) * b
+        beta = float(xp.linalg.norm(w))
+        if beta <= 1e-10 * max(abs(a) for a in alphas) or len(basis) == n_iter:
+            break
+        betas.append(beta)
+        q = w / beta
+    k = len(alphas)
+    T = numpy.diag(alphas) + numpy.diag(betas[:k - 1], 1) + numpy.diag(betas[:k - 1], -1)
+    return numpy.linalg.eigvalsh(T)

@@ -108,6 +108,7 @@ class InfluenceFunctions(object):
         self.solver = checks.check_solver(solver)
         self._cache_store = None
         self._cache_dir = cache_dir
+        self._dead = None  # (P,) bool: zero gradient for every training example; see _solve
 
     # ---- public API ----------------------------------------------------------------------
     def s_test(self, test):
@@ -148,7 +149,7 @@ class InfluenceFunctions(object):
         def block_scores(begin, end, train_batch):
             self._backward(hook, train_batch)
             G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
-            return (G * self.solver.solve(self.curvature, G, damping=self.damping)).sum(axis=1)
+            return (G * self._solve(G)).sum(axis=1)
 
         if not isinstance(self.solver, solvers_module.ExactSolver):
             self._say('self_influence with {} solves once per training example (N={}); '
@@ -160,7 +161,7 @@ class InfluenceFunctions(object):
         """(K, P) I_up,params = -(H + damping I)^-1 grad L(z_i): d theta / d epsilon."""
         indices = checks.check_indices(train_indices, self.n_train, 'train_indices')
         batch = get_batch(self._data, indices, self.device)
-        return -self.solver.solve(self.curvature, self._gradients(batch), damping=self.damping)
+        return -self._solve(self._gradients(batch))
 
     def perturbation_influence(self, test, train_indices):
         """(M, K, *x_shape) I_pert,loss = -grad_x [grad L(z_test)^T (H + damping I)^-1
@@ -195,12 +196,36 @@ class InfluenceFunctions(object):
         cached = cache.load(name, (len(batch[0]), self.space.size), self.curvature.dtype)
         if cached is not None:
             return self.space.xp.asarray(cached)
-        grads = self._gradients(batch)
-        s = self.solver.solve(self.curvature, grads, damping=self.damping)
+        s = self._solve(self._gradients(batch))
         _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
         s = s.astype(self.curvature.dtype, copy=False)
         cache.save(name, s)
         return s
+
+    def _solve(self, V):
+        """(H + damping I)^-1 V (K, P), with coordinates no training example moves set apart.
+
+        Where every training example's gradient is zero, H is weight_decay only and decoupled
+        from the rest, so those coordinates are solved exactly (V / (weight_decay + damping), or
+        0 when that is 0: they cannot change any score) and the solver gets V without them:
+        otherwise a singular block makes CG stall and pollutes the other coordinates.
+        """
+        dead = self._dead_coordinates()
+        if dead is None:
+            return self.solver.solve(self.curvature, V, damping=self.damping)
+        X = self.solver.solve(self.curvature, V * ~dead, damping=self.damping)
+        shift = self.weight_decay + self.damping
+        return X + V * dead / shift if shift > 0 else X
+
+    def _dead_coordinates(self):
+        """(P,) bool on the device, or None when every coordinate has some gradient; warns once."""
+        if self._dead is None:
+            dead = ~self.curvature.gradient_support()
+            self._dead = self.space.xp.asarray(dead) if dead.any() else False
+            message = _dead_message(self.space, dead, self.weight_decay + self.damping)
+            if message:
+                warnings.warn(message)
+        return None if self._dead is False else self._dead
 
     def _stream(self, prefix, block_scores, title, lead_shape):
         """Concatenate ``block_scores`` over the training set in cached blocks: (*lead, N)."""
@@ -314,6 +339,21 @@ def _describe(solver):
                 if not k.startswith('_') and k != 'progress'
                 and isinstance(v, (int, float, str, bool, type(None)))}
     return '{}.{}({})'.format(type(solver).__module__, type(solver).__name__, settings)
+
+
+def _dead_message(space, dead, shift):
+    """A warning naming the parameters whose gradient is zero for every training example, or
+    None when there are none (single dead entries, e.g. weights of always-zero pixels, are
+    common and handled silently)."""
+    names = [name for name in space.names if dead[space.slice(name)].all()]
+    if not names:
+        return None
+    return ('tracked parameters with zero gradient for every training example: {}. No training '
+            'example has influence through them; their rows of H are weight_decay only{}, so they '
+            'are solved apart (s_test there is grad / (weight_decay + damping){}). To leave them '
+            'out, pass params= without them.'.format(
+                ', '.join(names), ' (singular: weight_decay + damping = 0)' if shift == 0 else '',
+                ', here 0' if shift == 0 else ''))
 
 
 def _check_finite(array, what):

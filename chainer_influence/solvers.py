@@ -9,7 +9,8 @@ import numpy
 
 import chainer
 
-from chainer_influence.curvature import random_batch_indices
+from chainer_influence import checks
+from chainer_influence.curvature import lanczos_eigenvalues, random_batch_indices
 from chainer_influence.progress import QUIET
 
 
@@ -18,7 +19,32 @@ class NotPositiveDefiniteError(ValueError):
 
 
 class LiSSADivergenceError(ValueError):
-    """The LiSSA recursion blew up: its scale is below the largest eigenvalue of H + damping I."""
+    """The LiSSA recursion blew up: H + damping I is indefinite, or the scale is too small."""
+
+LANCZOS_ITERATIONS = 30
+
+
+def smallest_eigenvalue(curvature, start=None, seed=0, n_iter=LANCZOS_ITERATIONS):
+    """Lanczos estimate of the smallest eigenvalue of H (full training set), ``n_iter`` HVPs.
+
+    The estimate is an upper bound that approaches the true value (exactly it when P <= n_iter).
+    ``start`` (P,): the first Lanczos direction, e.g. one of negative curvature; default random.
+    """
+    if start is None:
+        rng = numpy.random.RandomState(seed)
+        start = curvature.xp.asarray(rng.standard_normal(curvature.space.size))
+    start = curvature.xp.asarray(start).astype(curvature.dtype)
+    return float(lanczos_eigenvalues(curvature.hvp, start, n_iter)[0])
+
+
+def suggested_damping(eigenvalue_min):
+    """A damping that makes H + damping I positive definite with a margin: 1.5 (-lambda_min),
+    rounded up to two significant digits; 0 when lambda_min > 0."""
+    if eigenvalue_min >= 0:
+        return 0.0
+    value = 1.5 * -eigenvalue_min
+    exponent = 10.0 ** (numpy.floor(numpy.log10(value)) - 1)
+    return float(numpy.ceil(value / exponent) * exponent)
 
 
 def _display(curvature):
@@ -93,8 +119,8 @@ class CGSolver(object):
     """
 
     def __init__(self, max_iter=100, tol=1e-6, progress=True):
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
+        self.max_iter = checks.check_positive_int(max_iter, 'max_iter')
+        self.tol = checks.check_non_negative(tol, 'tol')  # 0: run max_iter iterations
         self.progress = progress
         self.diagnostics = {}
 
@@ -119,7 +145,7 @@ class CGSolver(object):
                 a = xp.asarray(active)
                 AD = curvature.hvp(D[a]) + damping * D[a]
                 curv = (D[a] * AD).sum(axis=1)
-                self._check_curvature(curv, D[a], active, it, damping)
+                self._check_curvature(curvature, curv, D[a], active, it, damping)
                 alpha = rs[a] / curv
                 X[a] += alpha[:, None] * D[a]
                 R[a] -= alpha[:, None] * AD
@@ -141,18 +167,23 @@ class CGSolver(object):
                               self.max_iter, float(relative.max()), self.tol))
         return X
 
-    @staticmethod
-    def _check_curvature(curv, D, active, iteration, damping):
+    def _check_curvature(self, curvature, curv, D, active, iteration, damping):
         curv = chainer.backend.CpuDevice().send(curv)
         bad = numpy.flatnonzero(curv <= 0)
         if bad.size:
             k = bad[0]
-            rayleigh = curv[k] / float((D[k] * D[k]).sum()) - damping
+            # Lanczos from the offending direction: an estimate of lambda_min(H)
+            estimate = smallest_eigenvalue(curvature, start=D[k])
+            self.diagnostics = {'solver': 'cg', 'damping': float(damping),
+                                'eigenvalue_min': estimate}
             raise NotPositiveDefiniteError(
                 'CG met non-positive curvature p^T (H + damping I) p = {:.6g} (column {}, '
-                'iteration {}): H + damping I is not positive definite at damping={:g}. Increase '
-                'damping; it must exceed -p^T H p / p^T p = {:.3g} at least.'
-                .format(curv[k], int(active[k]), iteration, damping, -rayleigh))
+                'iteration {}): H + damping I is not positive definite at damping={:g}. The '
+                'smallest eigenvalue of H is about {:.4g} ({} Lanczos iterations). Increase '
+                'damping: it must exceed {:.3g}; use e.g. damping={:g}, or a positive semi-definite '
+                'curvature (curvature=\'gauss-newton\').'.format(
+                    curv[k], int(active[k]), iteration, damping, estimate, LANCZOS_ITERATIONS,
+                    -estimate, suggested_damping(estimate)))
 
 
 class LiSSASolver(object):
@@ -182,12 +213,15 @@ class LiSSASolver(object):
     POWER_ITERATIONS = 20
 
     def __init__(self, depth=5000, repeat=1, scale='auto', batch_size=32, seed=0, progress=True):
-        if scale != 'auto' and not float(scale) > 0:
-            raise ValueError("scale must be 'auto' or positive, got {!r}".format(scale))
-        self.depth = int(depth)
-        self.repeat = int(repeat)
+        if not (isinstance(scale, str) and scale == 'auto'):
+            if isinstance(scale, str):
+                raise ValueError("scale must be 'auto' or a finite positive number, got "
+                                 "{!r}".format(scale))
+            scale = checks.check_finite_positive(scale, 'scale')
+        self.depth = checks.check_positive_int(depth, 'depth')
+        self.repeat = checks.check_positive_int(repeat, 'repeat')
         self.scale = scale
-        self.batch_size = int(batch_size)
+        self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.seed = seed
         self.progress = progress
         self.diagnostics = {}
@@ -234,15 +268,31 @@ class LiSSASolver(object):
         return h
 
     def _diverged(self, curvature, damping, scale, step, norms, bounds):
+        """Raise :class:`LiSSADivergenceError` naming the cause: indefinite H + damping I, a
+        scale below its largest eigenvalue, or minibatch Hessians far from the full one."""
         top = self.diagnostics['top_eigenvalue']
         if top is None:
             top = self.top_eigenvalue(curvature, damping)
             self.diagnostics['top_eigenvalue'] = top
-        self.diagnostics['diverged_at'] = step
+        lowest = smallest_eigenvalue(curvature, seed=self.seed)
+        self.diagnostics.update(diverged_at=step, eigenvalue_min=lowest)
+        what = 'LiSSA diverged at step {} (||h|| = {:.3g}, bound {:.3g}) with scale={:.4g}'.format(
+            step, float(numpy.max(norms)), float(bounds.max()), scale)
+        if lowest + damping <= 0:
+            raise LiSSADivergenceError(
+                '{}: H is indefinite (its smallest eigenvalue is about {:.4g}, {} Lanczos '
+                'iterations), so H + damping I is not positive definite at damping={:g} and the '
+                'series diverges at any scale. Use damping > {:.3g}, e.g. damping={:g}, or a '
+                'positive semi-definite curvature (curvature=\'gauss-newton\').'.format(
+                    what, lowest, LANCZOS_ITERATIONS, damping, -lowest,
+                    suggested_damping(lowest)))
+        if scale <= top:
+            raise LiSSADivergenceError(
+                '{}: the scale must exceed the largest eigenvalue of H + damping I (damping={:g}),'
+                ' estimated at {:.4g} by power iteration. Use scale >= {:.4g} (or '
+                'scale=\'auto\').'.format(what, damping, top, self.AUTO_SCALE_FACTOR * top))
         raise LiSSADivergenceError(
-            'LiSSA diverged at step {} (||h|| = {:.3g}, bound {:.3g}) with scale={:.4g}: the '
-            'scale must exceed the largest eigenvalue of H + damping I (damping={:g}), '
-            'estimated at {:.4g} by power iteration. Use scale >= {:.4g} (or scale=\'auto\'), '
-            'or more damping if H is indefinite.'.format(
-                step, float(numpy.max(norms)), float(bounds.max()), scale, damping, top,
-                self.AUTO_SCALE_FACTOR * top))
+            '{}: H + damping I is positive definite (eigenvalues about {:.4g} to {:.4g}) but the '
+            'Hessians of minibatches of batch_size={} examples are not within (0, 2 scale). Use '
+            'a larger batch_size, more damping or a larger scale.'.format(
+                what, lowest + damping, top, self.batch_size))
