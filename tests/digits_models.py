@@ -44,3 +44,21 @@ class TinyMLP(chainer.Chain):
 
     def forward(self, x):
         return self.l2(F.tanh(self.l1(x)))
+
+
+class SumOfEmbeddings(chainer.Chain):
+    """Token ids (B, 3) in [0, 5) -> 2 logits: the sum of their embeddings (integer inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.e = L.EmbedID(5, 2)
+
+    def forward(self, x):
+        return F.sum(self.e(x), axis=1)
+
+
+def token_problem(n=20):
+    """(x, t): n examples of 3 token ids in [0, 5) and binary labels."""
+    x = numpy.random.RandomState(0).randint(0, 5, size=(n, 3)).astype(numpy.int32)
+    return x, numpy.arange(n, dtype=numpy.int32) % 2

@@ -12,7 +12,7 @@ import chainer.links as L
 import chainer_influence as ci
 from chainer_influence import checks
 
-from digits_models import digits
+from digits_models import SumOfEmbeddings, digits, token_problem
 
 LOSS = ci.softmax_cross_entropy_loss
 
@@ -65,25 +65,14 @@ def test_float_labels_and_integer_inputs(problem):
 
 
 def test_integer_inputs_are_accepted_with_embed_id():
-    x = numpy.random.RandomState(0).randint(0, 5, size=(20, 3)).astype(numpy.int32)
-    t = numpy.arange(20, dtype=numpy.int32) % 2
-
-    class Embed(chainer.Chain):
-        def __init__(self):
-            super().__init__()
-            with self.init_scope():
-                self.e = L.EmbedID(5, 2)
-
-        def forward(self, x):
-            return F.sum(self.e(x), axis=1)
-
-    scores = ci.InfluenceFunctions(Embed(), (x, t), solver=ci.ExactSolver(), damping=0.1,
+    x, t = token_problem()
+    scores = ci.InfluenceFunctions(SumOfEmbeddings(), (x, t), solver=ci.ExactSolver(), damping=0.1,
                                    progress=False).influence((x[:2], t[:2]))
     assert scores.shape == (2, 20)
     t_bad = t.copy()
     t_bad[7] = 2
     with pytest.raises(ValueError, match='example 7 has label 2'):  # labels are still checked
-        ci.InfluenceFunctions(Embed(), (x, t_bad), solver=ci.ExactSolver(), damping=0.1,
+        ci.InfluenceFunctions(SumOfEmbeddings(), (x, t_bad), solver=ci.ExactSolver(), damping=0.1,
                               progress=False).influence((x[:2], t[:2]))
 
 

@@ -10,7 +10,8 @@ import chainer_influence as ci
 from chainer_influence import influence as influence_module
 from chainer_influence.retraining import fit_lbfgs, objective
 
-from digits_models import WEIGHT_DECAY, TinyMLP, digits, fitted_logreg
+from digits_models import (WEIGHT_DECAY, SumOfEmbeddings, TinyMLP, digits, fitted_logreg,
+                           token_problem)
 
 LOSS = ci.softmax_cross_entropy_loss
 
@@ -109,19 +110,8 @@ def test_perturbation_influence_matches_finite_difference(logreg):
 
 
 def test_perturbation_influence_rejects_integer_inputs():
-    x = numpy.random.RandomState(0).randint(0, 5, size=(20, 3)).astype(numpy.int32)
-    t = numpy.arange(20, dtype=numpy.int32) % 2
-
-    class Embed(chainer.Chain):
-        def __init__(self):
-            super().__init__()
-            with self.init_scope():
-                self.e = chainer.links.EmbedID(5, 2)
-
-        def forward(self, x):
-            return chainer.functions.sum(self.e(x), axis=1)
-
-    calc = ci.InfluenceFunctions(Embed(), (x, t), solver=ci.ExactSolver(), damping=0.1,
+    x, t = token_problem()
+    calc = ci.InfluenceFunctions(SumOfEmbeddings(), (x, t), solver=ci.ExactSolver(), damping=0.1,
                                  progress=False)
     with pytest.raises(TypeError, match='floating point'):
         calc.perturbation_influence((x[:1], t[:1]), [0])
