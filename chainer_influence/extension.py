@@ -13,6 +13,7 @@ from chainer_influence import checks
 from chainer_influence import report_files
 from chainer_influence import reporting
 from chainer_influence.batches import as_tuples, dataset_length, get_batch
+from chainer_influence.devices import to_host
 from chainer_influence.end_of_training import EndOfTrainingTrigger, training_length
 from chainer_influence.files import check_writable
 from chainer_influence.influence import InfluenceFunctions
@@ -91,8 +92,8 @@ class InfluenceExtension(extension.Extension):
         self_influence (bool): also compute self-influence for every training example.
         class_names (list of str): label names for JSON and figures (one per model output).
         batch_size (int): examples per pass over the training set.
-        cache (bool): cache s_test and scores under ``<out>/cache/iteration_<n>`` so that an
-            interrupted run resumes.
+        cache (bool): cache s_test and scores under ``<out>/cache`` (keyed by everything a score
+            depends on; the latest 3 results kept) so that an interrupted run resumes.
         progress (bool): progress display on a terminal; False silences every phase.
         on_error (str): ``'warn'`` or ``'raise'`` (see above).
         value_range (tuple): (low, high) of the image inputs for the figures; None detects it.
@@ -260,8 +261,8 @@ class InfluenceExtension(extension.Extension):
         s = self._setup
         self.report = None
         weight_decay = self._read_weight_decay(s['optimizer'], s['params'])
-        cache_dir = os.path.join(trainer.out, self.out, 'cache',
-                                 'iteration_{}'.format(trainer.updater.iteration))
+        # one cache folder: its keys cover the parameter values, and old results are pruned there
+        cache_dir = os.path.join(trainer.out, self.out, 'cache')
         calc = InfluenceFunctions(
             s['model'], s['train'], loss_fn=s['loss_fn'], solver=self.solver,
             weight_decay=weight_decay, damping=self.damping, params=s['params'],
@@ -347,7 +348,7 @@ class InfluenceExtension(extension.Extension):
             predicted = (y[:, 0] > 0).astype(numpy.int64)
         else:
             predicted = None
-        return (None if predicted is None else _host(predicted)), _host(losses.array)
+        return (None if predicted is None else to_host(predicted)), to_host(losses.array)
 
     def _settings(self, trainer, calc, weight_decay):
         return {'solver': type(calc.solver).__name__, 'damping': self.damping,
@@ -383,7 +384,7 @@ def _check_binary_labels(batch, what, n_outputs):
     """Sigmoid cross-entropy: integer labels in {0, 1} (-1: ignored), one per model output."""
     if len(batch) < 2:
         raise ValueError('the {} examples have no labels: give (x, t) tuples'.format(what))
-    t = _host(batch[1])
+    t = to_host(batch[1])
     if t.dtype.kind not in 'iu':
         raise TypeError('{} labels have dtype {}: sigmoid cross-entropy needs integer labels 0 or '
                         '1; cast them with t.astype(numpy.int32)'.format(what, t.dtype))
@@ -400,7 +401,7 @@ def _check_binary_labels(batch, what, n_outputs):
 def _report_labels(batch):
     """One integer label per example (N,) for the report: the last element when it holds one
     integer per example, else -1 (e.g. regression targets)."""
-    t = _host(batch[-1]) if len(batch) > 1 else None
+    t = to_host(batch[-1]) if len(batch) > 1 else None
     if t is None or t.dtype.kind not in 'iu' or t.reshape(len(t), -1).shape[1] != 1:
         return numpy.full(len(batch[0]), -1, dtype=numpy.int64)
     return t.reshape(len(t)).astype(numpy.int64)
@@ -410,6 +411,3 @@ def _images_drawable(x):
     from chainer_influence import plots
     return plots.can_show_as_image(x)
 
-
-def _host(array):
-    return chainer.backend.CpuDevice().send(array)
