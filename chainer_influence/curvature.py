@@ -162,7 +162,8 @@ class Curvature(object):
         """
         rng = numpy.random.RandomState(seed)
         support = numpy.zeros(self.space.size, dtype=bool)
-        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True):
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
+                exclusive_backward():
             for begin, end, batch in iterate_batches(self.train, self.batch_size, self.device):
                 weights = self.xp.asarray(rng.standard_normal(end - begin).astype(self.dtype))
                 losses = self.loss_fn(self.model, *batch)
