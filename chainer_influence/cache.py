@@ -97,6 +97,22 @@ class ScoreCache(object):
             atomic_write(os.path.join(self.directory, name + '.npy'),
                          lambda f: numpy.save(f, to_host(array), allow_pickle=False))
 
+    def load_arrays(self, name):
+        """The dict of arrays stored as ``name`` (``.npz``) or None."""
+        if self.directory is None:
+            return None
+        path = os.path.join(self.directory, name + '.npz')
+        if not os.path.exists(path):
+            return None
+        with numpy.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+
+    def save_arrays(self, name, arrays):
+        """Store a dict of arrays as ``name`` (``.npz``)."""
+        if self.directory is not None:
+            atomic_write(os.path.join(self.directory, name + '.npz'), lambda f: numpy.savez(
+                f, **{key: to_host(a) for key, a in arrays.items()}))
+
 
 def prune(cache_dir, keep=KEEP, current=None):
     """Remove all but the ``keep`` most recently used key directories (never ``current``);

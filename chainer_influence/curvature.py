@@ -1,7 +1,14 @@
-"""Hessian-vector products of the training objective by double backprop.
+"""Curvature-vector products of the training objective by double backprop.
 
 The objective is R(theta) = (1/N) sum_i L(z_i, theta) + (weight_decay / 2) ||theta||^2 over the
-tracked parameters; ``H`` below is its Hessian (damping is the solvers' business, not added here).
+tracked parameters. ``H`` below is its Hessian (``curvature='hessian'``) or its generalised
+Gauss-Newton matrix (``curvature='gauss-newton'``)
+G = (1/N) sum_i J_i^T H_out,i J_i + weight_decay I, J_i = d f(x_i) / d theta (C, P) and H_out,i the
+Hessian of the loss with respect to the outputs f(x_i) (see
+:class:`~chainer_influence.losses.OutputLoss`).
+G is positive semi-definite whenever the loss is convex in the outputs, and equals the Hessian when
+the outputs are affine in the tracked parameters (e.g. the last layer). Damping is the solvers'
+business, not added here.
 """
 import numpy
 
@@ -11,8 +18,18 @@ import chainer.functions as F
 from chainer_influence import checks
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
 from chainer_influence.hooks import exclusive_backward
+from chainer_influence.losses import require_output_loss
 from chainer_influence.parameters import ParameterSpace
 from chainer_influence.progress import ProgressDisplay
+
+CURVATURES = ('hessian', 'gauss-newton')
+PROBE_EXAMPLES = 64      # examples of the convexity probe (:meth:`Curvature.is_psd`)
+DAMPING_FRACTION = 0.1   # default damping rules: this fraction of the mean eigenvalue ...
+DAMPING_FLOOR = 1e-8     # ... and at least this (an all-zero curvature)
+
+
+class NotPositiveDefiniteError(ValueError):
+    """H + damping I is not positive definite; the message says how much damping would help."""
 
 
 def random_batch_indices(random_state, n, batch_size):
@@ -21,7 +38,8 @@ def random_batch_indices(random_state, n, batch_size):
 
 
 class Curvature(object):
-    """Hessian of R(theta) = (1/N) sum_i L(z_i) + weight_decay/2 ||theta||^2 over the tracked params.
+    """Hessian or Gauss-Newton of R(theta) = (1/N) sum_i L(z_i) + weight_decay/2 ||theta||^2 over
+    the tracked params (see the module docstring); ``H`` below is whichever ``curvature`` names.
 
     Args:
         model (chainer.Link): the trained model (an ``L.Classifier`` is unwrapped).
@@ -34,6 +52,8 @@ class Curvature(object):
             ``self.weight_decay``: a float, or a (P,) vector for a dict.
         batch_size (int): examples per forward pass when summing over the training set.
         device: Chainer device spec the batches are sent to (see ``get_batch``).
+        curvature (str): ``'hessian'`` or ``'gauss-newton'`` (needs a loss with the output-Hessian
+            protocol, :class:`~chainer_influence.losses.OutputLoss`).
 
     Nothing here keeps a graph alive between calls, and the parameters' ``.grad`` is never touched.
     ``progress`` (a :class:`~chainer_influence.progress.ProgressDisplay`; on a terminal by default;
@@ -44,7 +64,12 @@ class Curvature(object):
     progress = ProgressDisplay()
 
     def __init__(self, model, loss_fn, train, params=None, weight_decay=0.0, batch_size=256,
-                 device=None):
+                 device=None, curvature='hessian'):
+        if curvature not in CURVATURES:
+            raise ValueError('curvature must be one of {}, got {!r}'.format(CURVATURES, curvature))
+        if curvature == 'gauss-newton':
+            require_output_loss(loss_fn, "curvature='gauss-newton'")
+        self.kind = curvature
         self.model = model
         self.loss_fn = loss_fn
         self.train = train
@@ -61,6 +86,11 @@ class Curvature(object):
     @property
     def dtype(self):
         return self.space.params[0].dtype
+
+    def weight_decay_vector(self):
+        """The weight-decay rate of every tracked entry, a (P,) array on the model's device."""
+        return self.xp.broadcast_to(self.xp.asarray(self.weight_decay, dtype=self.dtype),
+                                    (self.space.size,))
 
     def as_rows(self, V):
         """V as a (K, P) array on the model's device; a (P,) vector becomes K = 1."""
@@ -90,6 +120,11 @@ class Curvature(object):
         return out[0] if squeeze else out
 
     def _batch_hvp(self, batch, V):
+        if self.kind == 'gauss-newton':
+            return self._batch_ggn_vp(batch, V)
+        return self._batch_hessian_vp(batch, V)
+
+    def _batch_hessian_vp(self, batch, V):
         """Hessian of the mean loss over one batch times each row of V: (K, P).
 
         One first-order graph (built with double backprop) serves all K rows; it is dropped when
@@ -113,8 +148,91 @@ class Curvature(object):
                      for h, p in zip(hv, params)])
         return rows
 
+    def _batch_ggn_vp(self, batch, V):
+        """Gauss-Newton of the mean loss over one batch times each row of V: (K, P).
+
+        Per row v: J v = d/du [(J^T u) . v] by double backprop (u (B, C) a dummy variable; Chainer
+        has no forward mode), then J^T (H_out J v) / B by a plain backward of the outputs.
+        """
+        params, names = self.space.params, self.space.names
+        rows = self.xp.zeros(V.shape, dtype=V.dtype)
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
+                exclusive_backward():
+            y = self.loss_fn.outputs(self.model, *batch)
+            if y.ndim != 2:
+                raise ValueError('loss_fn.outputs must return (B, C) outputs, got shape {}'
+                                 .format(y.shape))
+            u = chainer.Variable(self.xp.zeros(y.shape, dtype=y.dtype))
+            jt_u = chainer.grad([F.sum(y * u)], params, enable_double_backprop=True)
+            linked = [i for i, g in enumerate(jt_u) if g is not None]
+            for k in range(V.shape[0] if linked else 0):
+                v = self.space.unflatten(V[k].astype(self.dtype, copy=False))
+                jv, = chainer.grad([jt_u[i] for i in linked], [u],
+                                   grad_outputs=[chainer.Variable(v[names[i]]) for i in linked])
+                if jv is None:
+                    continue
+                w = self.loss_fn.output_hessian_product(y.array, jv.array, *batch) / len(y)
+                gv = chainer.grad([y], params, grad_outputs=[chainer.Variable(w)])
+                rows[k] = self.space.flatten(
+                    [self.xp.zeros(p.shape, p.dtype) if g is None else g.array
+                     for g, p in zip(gv, params)])
+        return rows
+
+    def outputs_affine_on(self, indices):
+        """Whether the outputs are affine in the tracked parameters on the examples at ``indices``,
+        i.e. the Hessian equals the Gauss-Newton there: the second derivative of u . f(x) vanishes
+        in a random direction (exactly: no graph, or an exactly zero product). Needs the
+        output-Hessian protocol."""
+        require_output_loss(self.loss_fn, 'the convexity probe')
+        batch = get_batch(self.train, indices, self.device)
+        params = self.space.params
+        rng = numpy.random.RandomState(0)
+        with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
+                exclusive_backward():
+            y = self.loss_fn.outputs(self.model, *batch)
+            u = self.xp.asarray(rng.standard_normal(y.shape).astype(y.dtype))
+            grads = chainer.grad([F.sum(y * u)], params, enable_double_backprop=True)
+            linked = [i for i, g in enumerate(grads) if g is not None and g.creator is not None]
+            if not linked:
+                return True
+            v = self.space.unflatten(self.xp.asarray(
+                rng.standard_normal(self.space.size).astype(self.dtype)))
+            second = chainer.grad([grads[i] for i in linked], params, grad_outputs=[
+                chainer.Variable(v[self.space.names[i]]) for i in linked])
+        return all(h is None or not bool(self.xp.any(h.array)) for h in second)
+
+    def is_psd(self):
+        """Whether H is positive semi-definite by construction: the Gauss-Newton, or a Hessian that
+        equals it because the outputs are affine in the tracked parameters on the first
+        ``PROBE_EXAMPLES`` training examples (:meth:`outputs_affine_on`; False for a loss without
+        the output-Hessian protocol). Cached per parameter values."""
+        if self.kind == 'gauss-newton':
+            return True
+        if not callable(getattr(self.loss_fn, 'outputs', None)):
+            return False
+        values = self.space.values()
+        cached = getattr(self, '_psd', None)
+        if cached is None or not bool((cached[0] == values).all()):
+            probe = numpy.arange(min(self.n_train, PROBE_EXAMPLES))
+            cached = self._psd = (values.copy(), self.outputs_affine_on(probe))
+        return cached[1]
+
+    def trace_estimate(self, n_probes=10, seed=0):
+        """Hutchinson estimate of trace(H) without the weight decay: mean of z^T H z over
+        ``n_probes`` Rademacher vectors z (one batched pass over the training set)."""
+        rng = numpy.random.RandomState(seed)
+        Z = self.xp.asarray(rng.choice([-1.0, 1.0], (n_probes, self.space.size)).astype(
+            self.dtype))
+        HZ = self.hvp(Z) - self.weight_decay * Z  # a float or a (P,) vector
+        return float((Z * HZ).sum()) / n_probes
+
+    def dense_matrix(self, block_size=None):
+        """The full (P, P) curvature matrix (Hessian or Gauss-Newton); see :meth:`dense_hessian`."""
+        return self.dense_hessian(block_size)
+
     def dense_hessian(self, block_size=None):
-        """The full (P, P) Hessian from HVPs on blocks of identity rows, symmetrised.
+        """The full (P, P) curvature (Hessian or Gauss-Newton, whichever ``curvature`` names) from
+        products with blocks of identity rows, symmetrised.
 
         Costs P full-training-set HVPs; meant for P up to about 1e4. ``block_size`` rows of the
         identity go through each pass over the data (default: ~4M elements per block).

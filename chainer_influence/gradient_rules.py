@@ -8,6 +8,11 @@ Each rule has
   dot products of those gradients with K vectors. The default builds the per-example gradients of
   this one parameter for this batch and multiplies; rules override it where that is cheaper.
 
+The weight rules of Linear, Convolution2D (one group), Deconvolution2D (one group) and EmbedID
+also have ``outer_operands(function, in_data, out_grad, B)`` -> (u (B, T, rows), w (B, T, cols)):
+example b's weight gradient, seen as a (rows, cols) matrix (rows = W.shape[0]), is
+sum_t u[b, t] w[b, t]^T. K-FAC's Kronecker factors are the covariances of u and w.
+
 ``in_data`` holds the function's retained inputs (None where not retained) and ``out_grad`` the
 gradients of its outputs, the per-example losses being summed, so row b of ``gy`` belongs to example b.
 """
@@ -51,6 +56,11 @@ class LinearRule(Rule):
         x = in_data[0].reshape(B, -1, in_data[0].shape[-1])
         return _xp(x).matmul(gy.transpose(0, 2, 1), x)
 
+    def outer_operands(self, function, in_data, out_grad, B):
+        """u = gy (B, T, O), w = x (B, T, I)."""
+        gy = out_grad[0]
+        return gy.reshape(B, -1, gy.shape[-1]), in_data[0].reshape(B, -1, in_data[0].shape[-1])
+
     def contract(self, function, in_data, out_grad, index, B, V):
         gy = out_grad[0].reshape(B, -1, out_grad[0].shape[-1])
         K, (T, O) = V.shape[0], gy.shape[1:]
@@ -64,7 +74,7 @@ class LinearRule(Rule):
         return (xv.reshape(B, T, K, O) * gy[:, :, None, :]).sum(axis=(1, 3))
 
 
-def _im2col(x, kh, kw, sy, sx, ph, pw, cover_all, dy, dx):
+def im2col(x, kh, kw, sy, sx, ph, pw, cover_all, dy, dx):
     """(B, C, H, W) -> (B, C, kh, kw, out_h, out_w) on numpy or cupy."""
     if isinstance(x, numpy.ndarray):
         return conv.im2col_cpu(x, kh, kw, sy, sx, ph, pw, cover_all=cover_all, dy=dy, dx=dx)
@@ -87,20 +97,32 @@ class _ConvolutionRule(Rule):
         """(patched, other): im2col is applied to ``patched``; ``other`` supplies W's first axis."""
         raise NotImplementedError
 
+    def _patches(self, function, in_data, out_grad, B):
+        """(other (B, C, L), cols (B, C' * kh * kw, L)) over the L positions."""
+        W, f = in_data[1], function
+        patched, other = self.operands(in_data[0], out_grad[0])
+        col = im2col(patched, W.shape[2], W.shape[3], f.sy, f.sx, f.ph, f.pw, f.cover_all,
+                     f.dy, f.dx)
+        if col.shape[4:] != other.shape[2:]:
+            raise RuntimeError('convolution geometry mismatch: patches {} vs {}'.format(
+                col.shape, other.shape))
+        L = other.shape[2] * other.shape[3]
+        return other.reshape(B, other.shape[1], L), col.reshape(B, -1, L)
+
     def gradient(self, function, in_data, out_grad, index, B):
         gy = out_grad[0]
         if index == 2:
             return gy.sum(axis=(2, 3))
-        W, f = in_data[1], function
-        patched, other = self.operands(in_data[0], gy)
-        col = _im2col(patched, W.shape[2], W.shape[3], f.sy, f.sx, f.ph, f.pw, f.cover_all,
-                      f.dy, f.dx)
-        if col.shape[4:] != other.shape[2:]:
-            raise RuntimeError('convolution geometry mismatch: patches {} vs {}'.format(
-                col.shape, other.shape))
-        cols = col.reshape(B, -1, other.shape[2] * other.shape[3])
-        g = _grouped_outer(other.reshape(B, other.shape[1], -1), cols, f.groups)
-        return g.reshape((B,) + W.shape)
+        other, cols = self._patches(function, in_data, out_grad, B)
+        g = _grouped_outer(other, cols, function.groups)
+        return g.reshape((B,) + in_data[1].shape)
+
+    def outer_operands(self, function, in_data, out_grad, B):
+        """u = ``other`` (B, L, C), w = patches (B, L, C' kh kw); one group only."""
+        if function.groups != 1:
+            raise NotImplementedError('outer operands of a grouped convolution')
+        other, cols = self._patches(function, in_data, out_grad, B)
+        return other.transpose(0, 2, 1), cols.transpose(0, 2, 1)
 
 
 class Convolution2DRule(_ConvolutionRule):
@@ -131,13 +153,18 @@ class EmbedIDRule(Rule):
         gy = out_grad[0].reshape(B, -1, out_grad[0].shape[-1])
         return gy if mask is None else gy * mask[:, :, None]
 
-    def gradient(self, function, in_data, out_grad, index, B):
+    def outer_operands(self, function, in_data, out_grad, B):
+        """u = one-hot ids (B, T, V) (zero rows for ``ignore_label``), w = gy (B, T, D)."""
         xp = _xp(in_data[0])
         ids, mask = self._ids_and_mask(function, in_data, B)
         gy = self._gy(out_grad, B, mask)
         n_vocab = function._w_shape[0]
         onehot = (ids[:, :, None] == xp.arange(n_vocab)[None, None, :]).astype(gy.dtype)
-        return xp.matmul(onehot.transpose(0, 2, 1), gy)
+        return (onehot if mask is None else onehot * mask[:, :, None]), gy
+
+    def gradient(self, function, in_data, out_grad, index, B):
+        onehot, gy = self.outer_operands(function, in_data, out_grad, B)
+        return _xp(gy).matmul(onehot.transpose(0, 2, 1), gy)
 
     def contract(self, function, in_data, out_grad, index, B, V):
         ids, mask = self._ids_and_mask(function, in_data, B)

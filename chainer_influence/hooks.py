@@ -70,7 +70,43 @@ def fix_deconvolution_cover_all(function, in_data):
         function._set_cover_all(in_data[0].shape, in_data[1].shape)
 
 
-class PerSampleGradientHook(chainer.FunctionHook):
+def tracked_name(node, name_of):
+    """The tracked parameter behind a function's input ``node``, directly or through reshapes, as
+    ``name_of[id(parameter)]``; else None."""
+    while True:
+        var = node.get_variable_or_none()
+        if var is not None and id(var) in name_of:
+            return name_of[id(var)]
+        creator = node.creator_node
+        if not isinstance(creator, Reshape):
+            return None
+        node = creator.inputs[0]
+
+
+class PerExampleFunctionHook(chainer.FunctionHook):
+    """Base of the hooks that read per-example quantities off a backward pass: a unique name per
+    instance; records only in the passes it owns (or in plain passes, see
+    :func:`exclusive_backward`); refuses functions that couple the examples of a batch and works
+    around the deconvolution crash."""
+
+    def __init__(self):
+        self.name = '{}-{}'.format(type(self).__name__, next(_instance_numbers))
+
+    def _ignores_this_pass(self):
+        owner = getattr(_backward_owner, 'hook', None)
+        return owner is not None and owner is not self
+
+    def forward_postprocess(self, function, in_data):
+        if not self._ignores_this_pass():
+            check_not_coupling(function)
+
+    def backward_preprocess(self, function, in_data, out_grad):
+        if not self._ignores_this_pass():
+            check_not_coupling(function)
+            fix_deconvolution_cover_all(function, in_data)
+
+
+class PerSampleGradientHook(PerExampleFunctionHook):
     """Records per-example gradients of the tracked parameters during a backward pass.
 
     Usage::
@@ -114,7 +150,7 @@ class PerSampleGradientHook(chainer.FunctionHook):
     """
 
     def __init__(self, model, params=None, batch_size=None):
-        self.name = 'PerSampleGradientHook-{}'.format(next(_instance_numbers))
+        super().__init__()
         self.space = ParameterSpace(model, params)
         self._name_of = {id(p): name for name, p in zip(self.space.names, self.space.params)}
         self._vectors = None
@@ -179,10 +215,6 @@ class PerSampleGradientHook(chainer.FunctionHook):
             return contextlib.nullcontext()
         return self
 
-    def _ignores_this_pass(self):
-        owner = getattr(_backward_owner, 'hook', None)
-        return owner is not None and owner is not self
-
     def _check_sums(self, batch_grads):
         """Per-example results must add up to the batch gradient, or the rules missed a path."""
         xp = chainer.backend.get_array_module(batch_grads[0])
@@ -214,15 +246,6 @@ class PerSampleGradientHook(chainer.FunctionHook):
     def deleted(self, function):
         if function is None:
             self._fill_missing()
-
-    def forward_postprocess(self, function, in_data):
-        if not self._ignores_this_pass():
-            check_not_coupling(function)
-
-    def backward_preprocess(self, function, in_data, out_grad):
-        if not self._ignores_this_pass():
-            check_not_coupling(function)
-            fix_deconvolution_cover_all(function, in_data)
 
     def backward_postprocess(self, function, in_data, out_grad):
         if self._ignores_this_pass():
@@ -264,15 +287,7 @@ class PerSampleGradientHook(chainer.FunctionHook):
             self.contractions = self.space.xp.zeros((self._batch_size, K), dtype=gy.dtype)
 
     def _tracked_name(self, node):
-        """The tracked parameter behind ``node``, directly or through reshapes; else None."""
-        while True:
-            var = node.get_variable_or_none()
-            if var is not None and id(var) in self._name_of:
-                return self._name_of[id(var)]
-            creator = node.creator_node
-            if not isinstance(creator, Reshape):
-                return None
-            node = creator.inputs[0]
+        return tracked_name(node, self._name_of)
 
     def _warn_fallback(self, function):
         kind = type(function).__name__
