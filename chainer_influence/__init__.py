@@ -4,6 +4,8 @@ from chainer_influence.losses import softmax_cross_entropy_loss  # NOQA
 from chainer_influence.losses import sigmoid_cross_entropy_loss  # NOQA
 from chainer_influence.losses import squared_error_loss  # NOQA
 from chainer_influence.batches import TupleView  # NOQA
+from chainer_influence.losses import MissingOutputHessianError  # NOQA
+from chainer_influence.losses import OutputLoss  # NOQA
 from chainer_influence.parameters import ParameterSpace  # NOQA
 from chainer_influence.hooks import BatchCouplingError  # NOQA
 from chainer_influence.hooks import GradientCheckError  # NOQA
@@ -30,6 +32,8 @@ from chainer_influence.solvers import ExactSolver  # NOQA
 from chainer_influence.solvers import LiSSADivergenceError  # NOQA
 from chainer_influence.solvers import LiSSASolver  # NOQA
 from chainer_influence.solvers import NotPositiveDefiniteError  # NOQA
+from chainer_influence.kfac import EKFACSolver  # NOQA
+from chainer_influence.kfac import KFACSolver  # NOQA
 from chainer_influence.influence import InfluenceFunctions  # NOQA
 from chainer_influence.extension import InfluenceExtension  # NOQA
 from chainer_influence.extension import InfluenceRunWarning  # NOQA

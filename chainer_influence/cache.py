@@ -98,14 +98,21 @@ class ScoreCache(object):
                          lambda f: numpy.save(f, to_host(array), allow_pickle=False))
 
     def load_arrays(self, name):
-        """The dict of arrays stored as ``name`` (``.npz``) or None."""
+        """The dict of arrays stored as ``name`` (``.npz``), or None (an unreadable file is
+        removed)."""
         if self.directory is None:
             return None
         path = os.path.join(self.directory, name + '.npz')
         if not os.path.exists(path):
             return None
-        with numpy.load(path) as stored:
-            return {key: stored[key] for key in stored.files}
+        try:
+            with numpy.load(path, allow_pickle=False) as stored:
+                return {key: stored[key] for key in stored.files}
+        except Exception as e:  # truncated, garbage, pickled: all unusable
+            warnings.warn('cache file {} is unreadable ({}: {}); removed it and recomputing'
+                          .format(path, type(e).__name__, e))
+            os.remove(path)
+            return None
 
     def save_arrays(self, name, arrays):
         """Store a dict of arrays as ``name`` (``.npz``)."""

@@ -80,11 +80,16 @@ class InfluenceExtension(extension.Extension):
             ``keys``); ``train`` is the training set the model was trained on, in the same order.
         test_indices (list of int): test points to explain; None: the first ``min(10, len)``.
         top_k (int): helpful and harmful training examples kept per test point.
-        solver: an ``ExactSolver``, ``CGSolver`` or ``LiSSASolver``; None picks one by size.
+        solver: an ``ExactSolver``, ``CGSolver``, ``LiSSASolver``, ``KFACSolver`` or
+            ``EKFACSolver``; None chooses (see ``InfluenceFunctions``): Exact on the Hessian for
+            small convex models, EK-FAC on the Gauss-Newton otherwise.
         loss_fn: ``loss_fn(model, x, t)`` -> per-example losses; None reads the trained loss.
         params (list of str): parameter names to restrict to (e.g. the last layer), as
             ``model.predictor.namedparams()`` or the optimizer's target names them.
-        damping (float): solves use H + damping I.
+        damping (float or None): solves use H + damping I; None: the solver's default rule.
+        curvature (str or None): ``'hessian'``, ``'gauss-newton'`` or None (see
+            ``InfluenceFunctions``). The choice made is recorded under ``solver_choice`` in the
+            settings of ``rankings.json``.
         weight_decay (float, dict or None): None reads it from the optimizer.
         out (str): output folder under ``trainer.out``, and the prefix of the reported keys.
         writers (list): callables ``writer(report, out_dir)``; None: JSON, CSV and NPZ.
@@ -106,9 +111,9 @@ class InfluenceExtension(extension.Extension):
     name = 'InfluenceExtension'
 
     def __init__(self, train, test, test_indices=None, top_k=10, solver=None, loss_fn=None,
-                 params=None, damping=0.0, weight_decay=None, out='influence', writers=None,
+                 params=None, damping=None, weight_decay=None, out='influence', writers=None,
                  plot=True, self_influence=False, class_names=None, batch_size=256, cache=True,
-                 progress=True, on_error='warn', value_range=None, keys=None):
+                 progress=True, on_error='warn', value_range=None, keys=None, curvature=None):
         if on_error not in ON_ERROR:
             raise ValueError('on_error must be one of {}, got {!r}'.format(ON_ERROR, on_error))
         self.train, self.test = train, test
@@ -117,7 +122,8 @@ class InfluenceExtension(extension.Extension):
         self.solver = solver
         self.loss_fn = loss_fn
         self.params = checks.check_params_argument(params)
-        self.damping = checks.check_damping(damping)
+        self.damping = checks.check_damping(damping, allow_none=True)
+        self.curvature = curvature
         self.weight_decay = weight_decay
         self.out = out
         self.writers = reporting.DEFAULT_WRITERS if writers is None else writers
@@ -267,7 +273,8 @@ class InfluenceExtension(extension.Extension):
             s['model'], s['train'], loss_fn=s['loss_fn'], solver=self.solver,
             weight_decay=weight_decay, damping=self.damping, params=s['params'],
             batch_size=self.batch_size, device=getattr(trainer.updater, 'device', None),
-            cache_dir=cache_dir if self.cache else None, progress=self.progress)
+            cache_dir=cache_dir if self.cache else None, progress=self.progress,
+            curvature=self.curvature)
         test_batch = get_batch(s['test'], s['test_indices'], calc.device)
         scores = calc.influence(test_batch)
         self_influence = calc.self_influence() if self.compute_self_influence else None
@@ -351,8 +358,10 @@ class InfluenceExtension(extension.Extension):
         return (None if predicted is None else to_host(predicted)), to_host(losses.array)
 
     def _settings(self, trainer, calc, weight_decay):
-        return {'solver': type(calc.solver).__name__, 'damping': self.damping,
-                'weight_decay': weight_decay, 'params': calc.param_names,
+        return {'solver': type(calc.solver).__name__, 'damping': calc.damping,
+                'curvature': calc.solver_choice['curvature'],
+                'solver_choice': calc.solver_choice, 'weight_decay': weight_decay,
+                'params': calc.param_names,
                 'n_params': calc.space.size, 'n_train': calc.n_train,
                 'iteration': trainer.updater.iteration, 'epoch': trainer.updater.epoch,
                 'top_k': self.top_k,

@@ -27,6 +27,7 @@ from chainer_influence.cache import ScoreCache
 from chainer_influence.curvature import Curvature
 from chainer_influence.devices import model_device, to_host
 from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
+from chainer_influence.kfac import EKFACSolver, KFACSolver
 from chainer_influence.losses import softmax_cross_entropy_loss
 from chainer_influence.progress import ProgressDisplay
 
@@ -36,12 +37,49 @@ SCORE_BLOCK = 8192           # training examples per cached block of scores
 
 
 def default_solver(n_params, n_train):
-    """Exact for small P, CG for moderate N, LiSSA for large N."""
+    """Exact for small P, CG for moderate N, LiSSA for large N (on the Hessian of a loss without
+    the output-Hessian protocol)."""
     if n_params <= EXACT_MAX_PARAMS:
         return solvers_module.ExactSolver()
     if n_train <= CG_MAX_TRAIN:
         return solvers_module.CGSolver()
     return solvers_module.LiSSASolver()
+
+
+def choose_solver(curvature, requested):
+    """(solver, curvature kind, reason) for ``solver=None``; ``curvature`` is a Hessian
+    :class:`Curvature` of the problem, ``requested`` the user's ``curvature`` argument or None.
+
+    * the loss has no output-Hessian protocol: :func:`default_solver` on the Hessian;
+    * P <= ``EXACT_MAX_PARAMS``: ``ExactSolver`` on the Hessian when the outputs are affine in the
+      tracked parameters (``Curvature.is_psd``: e.g. a linear model or the last layer; the Hessian
+      is then the Gauss-Newton, PSD) unless 'gauss-newton' was asked; on the Gauss-Newton when
+      'gauss-newton' was asked;
+    * otherwise ``EKFACSolver()`` on the Gauss-Newton, unless 'hessian' was asked (then
+      :func:`default_solver` on the Hessian, which may need damping on a non-convex network).
+    """
+    P, N = curvature.space.size, curvature.n_train
+    size = 'P={} parameters, N={} training examples'.format(P, N)
+    if not callable(getattr(curvature.loss_fn, 'output_hessian_sqrt', None)):
+        solver = default_solver(P, N)
+        return solver, 'hessian', ('{}; the loss has no output-Hessian protocol (ci.OutputLoss), '
+                                   'so Gauss-Newton and EK-FAC are unavailable'.format(size))
+    small = P <= EXACT_MAX_PARAMS
+    if small and requested != 'gauss-newton' and curvature.is_psd():
+        return solvers_module.ExactSolver(), 'hessian', (
+            '{} <= {} and the outputs are affine in the tracked parameters (the Hessian equals '
+            'the Gauss-Newton: convex)'.format(size, EXACT_MAX_PARAMS))
+    if small and requested == 'gauss-newton':
+        return solvers_module.ExactSolver(), 'gauss-newton', '{} <= {}'.format(
+            size, EXACT_MAX_PARAMS)
+    if requested == 'hessian':
+        return default_solver(P, N), 'hessian', (
+            '{}; curvature=\'hessian\' was asked on a model that is not convex in its tracked '
+            'parameters (or large): the Hessian may be indefinite'.format(size))
+    return EKFACSolver(), 'gauss-newton', (
+        '{}; {}: EK-FAC on the Gauss-Newton (positive semi-definite)'.format(
+            size, 'more than {} parameters'.format(EXACT_MAX_PARAMS) if not small else
+            'the outputs are not affine in the tracked parameters (non-convex)'))
 
 
 class InfluenceFunctions(object):
@@ -51,20 +89,30 @@ class InfluenceFunctions(object):
         model (chainer.Link): trained model (an ``L.Classifier`` is unwrapped by the loss).
         train: Chainer dataset of tuples (e.g. ``TupleDataset``) or a tuple of arrays.
         loss_fn: ``loss_fn(model, *batch)`` -> per-example losses (B,), twice differentiable.
-        solver: ``ExactSolver``, ``CGSolver`` or ``LiSSASolver``; None picks one by size.
+        solver: ``ExactSolver``, ``CGSolver``, ``LiSSASolver``, ``KFACSolver`` or
+            ``EKFACSolver``; None chooses (see :func:`choose_solver`) and says why on stderr.
         weight_decay (float or dict): the training objective's L2 term, as ``WeightDecay(rate)``;
             a dict ``{name: rate}`` gives each tracked parameter its own rate.
-        damping (float): solves use H + damping I.
+        damping (float or None): solves use H + damping I; None: the solver's
+            ``default_damping(curvature)`` rule (Exact: 0 when H + weight_decay I is comfortably
+            positive definite, else enough to make it so plus 0.1 x |trace| / P; CG/LiSSA: 0 when
+            positive definite by construction, else 0.1 x |trace| / P; K-FAC/EK-FAC: 0.1 x the
+            mean eigenvalue of the approximation, as Kronfluence).
         params (list of str): parameter names to restrict to (e.g. the last layer); None: all.
         batch_size (int): examples per forward/backward pass over the training set.
         device: Chainer device spec; None uses the model's device.
         cache_dir (str): where s_test and score blocks are cached; None: no cache.
         progress (bool): one progress display on a terminal covering every phase (Hessian,
-            solve, scoring); False silences all of them, a given solver's included.
+            factors, solve, scoring); False silences all of them, a given solver's included.
+        curvature (str or None): ``'hessian'`` or ``'gauss-newton'`` (J^T H_out J + weight_decay I,
+            positive semi-definite; needs a loss with the output-Hessian protocol, see
+            :class:`~chainer_influence.losses.OutputLoss`). None: 'hessian' when a solver is given,
+            chosen with it when ``solver=None``. K-FAC and EK-FAC always work on the Gauss-Newton.
 
-    Everything runs under ``chainer.using_config('train', False)``; the model's parameters and
-    their ``.grad`` are left untouched. Score matrices are returned as numpy arrays, s_test on the
-    model's device, in the model's dtype.
+    ``solver_choice`` (a dict: solver, curvature, reason, damping, damping_rule) records what was
+    used, for reports. Everything runs under ``chainer.using_config('train', False)``; the model's
+    parameters and their ``.grad`` are left untouched. Score matrices are returned as numpy
+    arrays, s_test on the model's device, in the model's dtype.
 
     Inputs are validated where they enter (see :mod:`chainer_influence.checks`): the arguments and
     the model here, the first training example at once, every other training example inside the
@@ -72,8 +120,8 @@ class InfluenceFunctions(object):
     """
 
     def __init__(self, model, train, loss_fn=softmax_cross_entropy_loss, solver=None,
-                 weight_decay=0.0, damping=0.0, params=None, batch_size=256, device=None,
-                 cache_dir=None, progress=True):
+                 weight_decay=0.0, damping=None, params=None, batch_size=256, device=None,
+                 cache_dir=None, progress=True, curvature=None):
         checks.check_model(model)
         params = checks.resolve_param_names(model, params)
         self.model = model
@@ -86,7 +134,8 @@ class InfluenceFunctions(object):
                 for name, rate in weight_decay.items()}
         else:
             self.weight_decay = checks.check_non_negative(weight_decay, 'weight_decay')
-        self.damping = checks.check_damping(damping)
+        self._damping = checks.check_damping(damping, allow_none=True)
+        self._damping_given = damping is not None
         self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.device = model_device(model, device)
         self.progress = progress
@@ -95,22 +144,60 @@ class InfluenceFunctions(object):
         self._train_shapes = [a.shape[1:] for a in first]
         self._data = CheckedDataset(train, checks.ExampleChecker(
             self.n_train, 'training set', **self._example_rules))
+        kind = 'hessian' if curvature is None else curvature
         self.curvature = Curvature(model, loss_fn, self._data, params=params,
                                    weight_decay=weight_decay, batch_size=batch_size,
-                                   device=self.device)
+                                   device=self.device, curvature=kind)
         self.curvature.progress = ProgressDisplay(progress)
+        if solver is None:
+            solver, chosen, reason = choose_solver(self.curvature, curvature)
+            if chosen != kind:
+                self.curvature = Curvature(model, loss_fn, self._data, params=params,
+                                           weight_decay=weight_decay, batch_size=batch_size,
+                                           device=self.device, curvature=chosen)
+                self.curvature.progress = ProgressDisplay(progress)
+            self._say('solver=None: using {} on the {} ({})'.format(
+                type(solver).__name__, chosen, reason))
+        else:
+            reason = 'given'
         self.space = self.curvature.space
         self.param_names = list(self.space.names)
-        if solver is None:
-            solver = default_solver(self.space.size, self.n_train)
-            self._say('solver=None: using {} for P={} parameters and N={} training '
-                      'examples'.format(type(solver).__name__, self.space.size, self.n_train))
         self.solver = checks.check_solver(solver)
+        self._choice = {'solver': type(solver).__name__, 'reason': reason,
+                        'curvature': ('gauss-newton' if isinstance(solver, KFACSolver)
+                                      else self.curvature.kind)}
+        self._fitted = False
         self._cache_store = None
         self._cache_dir = cache_dir
         self._dead = None  # (P,) bool: zero gradient for every training example; see _solve
 
     # ---- public API ----------------------------------------------------------------------
+    @property
+    def damping(self):
+        """The damping of every solve: the user's, or the solver's default rule (computed on
+        first use, after fitting or loading the solver's factors)."""
+        if self._damping is None:
+            self._prepare_solver()
+            cache = self._cache()
+            cached = cache.load('damping', (), numpy.float64)
+            if cached is not None:
+                self._damping = float(cached)
+            else:
+                rule = getattr(self.solver, 'default_damping', None)
+                self._damping = 0.0 if rule is None else float(rule(self.curvature))
+                cache.save('damping', numpy.float64(self._damping))
+            self._say('damping=None: using damping={:.4g} ({} rule)'.format(
+                self._damping, type(self.solver).__name__))
+        return self._damping
+
+    @property
+    def solver_choice(self):
+        """{'solver', 'curvature', 'reason', 'damping', 'damping_rule'}: what the solves use."""
+        choice = dict(self._choice, damping=self.damping)
+        choice['damping_rule'] = ('given' if self._damping_given
+                                  else '{}.default_damping'.format(type(self.solver).__name__))
+        return choice
+
     def s_test(self, test):
         """(M, P) = (H + damping I)^-1 grad L(z_test) for the M test points, one solve."""
         batch = self._test_batch(test)
@@ -145,13 +232,17 @@ class InfluenceFunctions(object):
     def self_influence(self):
         """(N,) grad L(z_i)^T (H + damping I)^-1 grad L(z_i); large values flag outliers."""
         hook = PerSampleGradientHook(self.model, self.param_names)
+        quadratic_form = getattr(self.solver, 'quadratic_form', None)
+        damping = self.damping
 
         def block_scores(begin, end, train_batch):
             self._backward(hook, train_batch)
             G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
+            if quadratic_form is not None:  # K-FAC / EK-FAC: no solve per example
+                return quadratic_form(self.curvature, G, damping=damping)
             return (G * self._solve(G)).sum(axis=1)
 
-        if not isinstance(self.solver, solvers_module.ExactSolver):
+        if quadratic_form is None and not isinstance(self.solver, solvers_module.ExactSolver):
             self._say('self_influence with {} solves once per training example (N={}); '
                       'ExactSolver factorises once'.format(type(self.solver).__name__,
                                                             self.n_train))
@@ -226,6 +317,19 @@ class InfluenceFunctions(object):
             if message:
                 warnings.warn(message)
         return None if self._dead is False else self._dead
+
+    def _prepare_solver(self):
+        """Load the solver's fitted factors from the cache, or fit and save them (K-FAC/EK-FAC)."""
+        if self._fitted or not hasattr(self.solver, 'factors_to_arrays'):
+            return
+        cache = self._cache()
+        arrays = cache.load_arrays('factors')
+        if arrays is not None:
+            self.solver.factors_from_arrays(self.curvature, arrays)
+        else:
+            self.solver.fit(self.curvature)
+            cache.save_arrays('factors', self.solver.factors_to_arrays())
+        self._fitted = True
 
     def _stream(self, prefix, block_scores, title, lead_shape):
         """Concatenate ``block_scores`` over the training set in cached blocks: (*lead, N)."""
@@ -325,7 +429,8 @@ class InfluenceFunctions(object):
             'train_sha1': fingerprints.hash_dataset(self._data),
             'n_train': self.n_train, 'params': self.param_names,
             'solver': _describe(self.solver), 'weight_decay': self.weight_decay,
-            'damping': self.damping, 'score_block': SCORE_BLOCK,
+            'curvature': self.curvature.kind, 'score_block': SCORE_BLOCK,
+            'damping': self._damping if self._damping_given else 'default',
         }
 
     def _say(self, message):

@@ -1,7 +1,9 @@
 """Solvers for X = (H + damping I)^-1 V, V of shape (K, P): K right-hand sides at once.
 
 Every solver has ``solve(curvature, V, damping=0.0) -> (K, P)`` (``curvature`` is a
-:class:`~chainer_influence.curvature.Curvature`) and fills ``self.diagnostics`` (a dict) for reports.
+:class:`~chainer_influence.curvature.Curvature`, Hessian or Gauss-Newton), fills
+``self.diagnostics`` (a dict) for reports, and has ``default_damping(curvature)``, the damping used
+when the user gives ``damping=None``. K-FAC and EK-FAC are in :mod:`chainer_influence.kfac`.
 """
 import warnings
 
@@ -10,12 +12,10 @@ import numpy
 import chainer
 
 from chainer_influence import checks
+from chainer_influence.curvature import DAMPING_FLOOR, DAMPING_FRACTION
+from chainer_influence.curvature import NotPositiveDefiniteError  # NOQA (public here too)
 from chainer_influence.curvature import lanczos_eigenvalues, random_batch_indices
 from chainer_influence.progress import QUIET
-
-
-class NotPositiveDefiniteError(ValueError):
-    """H + damping I is not positive definite; the message says how much damping would help."""
 
 
 class LiSSADivergenceError(ValueError):
@@ -50,6 +50,17 @@ def suggested_damping(eigenvalue_min):
 def _display(curvature):
     """The run's progress display (see :class:`~chainer_influence.progress.ProgressDisplay`)."""
     return getattr(curvature, 'progress', QUIET)
+
+
+def iterative_default_damping(curvature):
+    """damping=None for CG and LiSSA: 0 when H + weight_decay I is positive definite by
+    construction (weight_decay > 0 and H PSD: the Gauss-Newton, or a Hessian equal to it, see
+    ``Curvature.is_psd``), else ``DAMPING_FRACTION`` (0.1) x |trace(H)| / P, the trace from a
+    Hutchinson estimate (one batched pass over the training set), at least ``DAMPING_FLOOR``."""
+    if float(curvature.weight_decay_vector().min()) > 0 and curvature.is_psd():
+        return 0.0
+    mean = abs(curvature.trace_estimate()) / curvature.space.size
+    return max(DAMPING_FRACTION * mean, DAMPING_FLOOR)
 
 
 def column_norms(X):
@@ -96,12 +107,26 @@ class ExactSolver(object):
                         needed + 1e-3 * abs(w_max)))
         return (V.dot(Q) / w).dot(Q.T)
 
+    def default_damping(self, curvature):
+        """damping=None: 0 when H + weight_decay I is comfortably positive definite (smallest
+        eigenvalue above 1000 x the singularity cutoff of :meth:`solve`), else
+        max(0, -eigenvalue_min) + ``DAMPING_FRACTION`` (0.1) x |trace of H without weight decay| / P
+        (at least ``DAMPING_FLOOR``): positive definite, whatever H."""
+        w, _ = self.decompose(curvature)
+        w_min = float(w[0])
+        cutoff = len(w) * numpy.finfo(w.dtype).eps * float(abs(w).max())
+        if w_min > 1e3 * cutoff:
+            return 0.0
+        trace = float(w.sum()) - float(curvature.weight_decay_vector().sum())  # without decay
+        mean = abs(trace) / len(w)
+        return max(0.0, -w_min) + max(DAMPING_FRACTION * mean, DAMPING_FLOOR)
+
     def decompose(self, curvature):
         """(w (P,) ascending, Q (P, P)) with H = Q diag(w) Q^T; cached per parameter values."""
         values = curvature.space.values()
         key = self._key
         if key is None or key[0] is not curvature or not bool((key[1] == values).all()):
-            self._decomposition = curvature.xp.linalg.eigh(curvature.dense_hessian())
+            self._decomposition = curvature.xp.linalg.eigh(curvature.dense_matrix())
             self._key = (curvature, values.copy())
         return self._decomposition
 
@@ -167,6 +192,9 @@ class CGSolver(object):
                               self.max_iter, float(relative.max()), self.tol))
         return X
 
+    def default_damping(self, curvature):
+        return iterative_default_damping(curvature)
+
     def _check_curvature(self, curvature, curv, D, active, iteration, damping):
         curv = chainer.backend.CpuDevice().send(curv)
         bad = numpy.flatnonzero(curv <= 0)
@@ -225,6 +253,9 @@ class LiSSASolver(object):
         self.seed = seed
         self.progress = progress
         self.diagnostics = {}
+
+    def default_damping(self, curvature):
+        return iterative_default_damping(curvature)
 
     def top_eigenvalue(self, curvature, damping):
         """Power-iteration estimate of the largest eigenvalue of H + damping I (full set)."""

@@ -1,0 +1,470 @@
+"""K-FAC and EK-FAC inverse-curvature products (Martens & Grosse 2015; Grosse & Martens 2016;
+George et al. 2018), as used for influence by Grosse et al. 2023 (Kronfluence).
+
+They approximate the Gauss-Newton / Fisher matrix of the training objective (whatever the
+``curvature`` object's ``kind`` is: they need the loss's output-Hessian protocol,
+:class:`~chainer_influence.losses.OutputLoss`) by one block per layer:
+
+* Linear (any ``n_batch_axes``), Convolution2D and Deconvolution2D (one group) and EmbedID: the
+  weight, seen as a (rows, cols) matrix whose per-example gradient is sum_t u_t w_t^T (see
+  ``outer_operands`` in :mod:`~chainer_influence.gradient_rules`; a Linear or Convolution2D bias
+  is a last column with w = 1), gets G ~= L (x) R with L = mean_i (1/T) sum_t u u^T and
+  R = mean_i sum_t w w^T (Kronecker product in the row-major layout of the weight);
+* every other tracked parameter (FixedBatchNormalization's gamma and beta, Bias, Scale, a
+  Deconvolution2D bias, a grouped convolution, ...) gets the diagonal mean_i g_i^2 of its
+  per-example gradients.
+
+The statistics come from passes over the training set that back-propagate pseudo output-gradients
+g through the outputs f(x): ``fisher='sampled'`` one g per example, drawn from the model's
+predictive distribution (numpy RandomState(seed): deterministic; E[g g^T] = H_out), and
+``fisher='exact'`` the R columns of a square root of H_out (R times the cost; the Kronecker
+approximation of the Gauss-Newton matrix itself). Factors are accumulated in float64.
+
+With L = Q_L diag(a) Q_L^T and R = Q_R diag(b) Q_R^T, K-FAC's eigenvalues are a_i b_j in the basis
+Q_L (x) Q_R; EK-FAC replaces them by mean_i (Q_L^T G_i Q_R)^2, the exact second moments of the
+per-example gradients in that basis (a second pass). Solves rotate into the eigenbasis, divide by
+eigenvalue + weight_decay + damping and rotate back: no Hessian-vector products, and the cost of
+many right-hand sides is that of a few matrix products.
+"""
+import json
+import time
+
+import numpy
+
+import chainer
+from chainer.functions.array.reshape import Reshape
+from chainer.functions.connection.convolution_2d import Convolution2DFunction
+from chainer.functions.connection.deconvolution_2d import Deconvolution2DFunction
+from chainer.functions.connection.embed_id import EmbedIDFunction
+from chainer.functions.connection.linear import LinearFunction
+
+from chainer_influence import gradient_rules
+from chainer_influence.batches import iterate_batches
+from chainer_influence.curvature import DAMPING_FLOOR, DAMPING_FRACTION
+from chainer_influence.curvature import NotPositiveDefiniteError
+from chainer_influence.hooks import PerExampleFunctionHook, exclusive_backward, tracked_name
+from chainer_influence.losses import require_output_loss
+from chainer_influence.progress import QUIET
+
+FISHER_KINDS = ('sampled', 'exact')
+
+
+def _xp(a):
+    return chainer.backend.get_array_module(a)
+
+
+def symmetric_eigh(M):
+    """(w (n,) ascending and >= 0, Q (n, n)) of a symmetric PSD matrix: symmetrised, ``eigh``
+    with an SVD fallback; tiny negative eigenvalues (rounding) are clipped to 0."""
+    xp = _xp(M)
+    if not bool(xp.isfinite(M).all()):
+        raise FloatingPointError('non-finite Kronecker factor: check the model for NaN/inf')
+    M = (M + M.T) / 2
+    try:
+        w, Q = xp.linalg.eigh(M)
+        ok = bool(xp.isfinite(w).all())
+    except numpy.linalg.LinAlgError:
+        ok = False
+    if not ok:  # for a symmetric PSD matrix the SVD is an eigendecomposition
+        Q, w, _ = xp.linalg.svd(M)
+        order = xp.argsort(w)
+        w, Q = w[order], Q[:, order]
+    return xp.maximum(w, 0), Q
+
+
+class Block(object):
+    """Tracked parameters seen as one (rows, cols) matrix, K of them at a time (K, rows, cols):
+    a layer weight (rows = W.shape[0]) with its bias as the last column, or one parameter as
+    (1, size). ``kronecker``: whether the block has Kronecker factors (else it is diagonal)."""
+
+    def __init__(self, names, rows, kronecker, activation_left=False, left_diagonal=False):
+        self.names = list(names)
+        self.rows = int(rows)
+        self.kronecker = kronecker
+        self.activation_left = activation_left  # u (not w) is the activation side
+        self.left_diagonal = left_diagonal        # L is diagonal (EmbedID's one-hot rows)
+
+    def describe(self):
+        return {'names': self.names, 'rows': self.rows, 'kronecker': self.kronecker,
+                'activation_left': self.activation_left, 'left_diagonal': self.left_diagonal}
+
+    def gather(self, parts, K):
+        """{name: (K, *shape)} -> (K, rows, cols)."""
+        mats = [parts[name].reshape(K, self.rows, -1) for name in self.names]
+        return mats[0] if len(mats) == 1 else _xp(mats[0]).concatenate(mats, axis=2)
+
+    def scatter(self, M, shapes, out):
+        """(K, rows, cols) -> ``out[name]`` (K, *shape) for each parameter of the block."""
+        begin = 0
+        for name in self.names:
+            shape = shapes[name]
+            width = int(numpy.prod(shape)) // self.rows
+            out[name] = M[:, :, begin:begin + width].reshape((len(M),) + tuple(shape))
+            begin += width
+
+
+class KroneckerFactorHook(PerExampleFunctionHook):
+    """Collects K-FAC statistics while pseudo output-gradients are back-propagated.
+
+    ``mode='factors'``: Kronecker factors (sums of u u^T / T and w w^T) per layer and sums of
+    squared per-example gradients for the diagonal parameters, discovering the blocks.
+    ``mode='eigen'``: sums of squared per-example gradients rotated into given bases (EK-FAC).
+    Call :meth:`end_backward` after each backward. Sums, not means: divide by N afterwards.
+    """
+
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+        self._name_of = {id(p): name for name, p in zip(space.names, space.params)}
+        self.blocks = {}          # weight name -> Block (Kronecker blocks, discovered)
+        self.folded_bias = {}     # bias name -> weight name
+        self.left, self.right = {}, {}
+        self.diagonal = {}        # name -> (size,) sum of squares
+        self.eigen = {}           # weight name -> (rows, cols) sum of squares in the eigenbasis
+        self.bases = {}           # weight name -> (Q_L or None, Q_R), for mode 'eigen'
+        self.mode = 'factors'
+        self.batch_size = None
+        self.count_activations = True
+        self._batch = {}
+
+    # ---- FunctionHook callbacks ----------------------------------------------------------
+    def backward_postprocess(self, function, in_data, out_grad):
+        if self._ignores_this_pass() or isinstance(function, Reshape):
+            return  # a reshape of a parameter is handled where its result is consumed
+        for index, node in enumerate(function.inputs):
+            name = tracked_name(node, self._name_of)
+            if name is None:
+                continue
+            role = self._role(function, index, name)
+            if role == 'weight':
+                self._kronecker(self.blocks[name], function, in_data, out_grad)
+            elif role is None:
+                self._diagonal(function, in_data, out_grad, index, name)
+
+    def end_backward(self):
+        """Square and sum this backward's per-example results into the accumulators."""
+        for name, g in self._batch.items():
+            target = self.diagonal if self.mode == 'factors' else self.eigen
+            squares = (g.astype(numpy.float64) ** 2).sum(axis=0)
+            target[name] = target.get(name, 0) + squares
+        self._batch = {}
+
+    # ---- internals -----------------------------------------------------------------------
+    def _role(self, function, index, name):
+        """'weight' (Kronecker block), 'bias' (folded into its weight's block) or None."""
+        kind = type(function)
+        if kind in (Convolution2DFunction, Deconvolution2DFunction) and function.groups != 1:
+            return None
+        if kind not in (LinearFunction, Convolution2DFunction, Deconvolution2DFunction,
+                        EmbedIDFunction) or index == 0:
+            return None
+        if index == 2:
+            if kind is Deconvolution2DFunction:
+                return None  # its bias lives on the output positions, not on the patches
+            weight = tracked_name(function.inputs[1], self._name_of)
+            if weight is None:
+                return None
+            self._register(function, weight, name)
+            return 'bias'
+        bias = None
+        if len(function.inputs) > 2 and kind is not Deconvolution2DFunction:
+            bias = tracked_name(function.inputs[2], self._name_of)
+        self._register(function, name, bias)
+        return 'weight'
+
+    def _register(self, function, weight, bias):
+        block = self.blocks.get(weight)
+        names = [weight] + ([] if bias is None else [bias])
+        if block is None:
+            if self.mode != 'factors':
+                raise RuntimeError('the model used parameter {} differently in the EK-FAC '
+                                   'pass than when the factors were fitted'.format(weight))
+            kind = type(function)
+            block = Block(names, function.inputs[1].shape[0], True,
+                          activation_left=kind in (Deconvolution2DFunction, EmbedIDFunction),
+                          left_diagonal=kind is EmbedIDFunction)
+            self.blocks[weight] = block
+            if bias is not None:
+                self.folded_bias[bias] = weight
+        elif block.names != names:
+            raise NotImplementedError(
+                'parameter {} is used with different biases ({} and {}); K-FAC supports a '
+                'weight shared only with the same bias'.format(weight, block.names[1:], names[1:]))
+
+    def _kronecker(self, block, function, in_data, out_grad):
+        B = self.batch_size
+        rule = gradient_rules.rule_for(function, 1)
+        u, w = rule.outer_operands(function, in_data, out_grad, B)
+        if len(block.names) > 1:  # the bias column: w = 1
+            w = _xp(w).concatenate([w, _xp(w).ones(w.shape[:2] + (1,), dtype=w.dtype)], axis=2)
+        u, w = u.astype(numpy.float64), w.astype(numpy.float64)
+        name = block.names[0]
+        if self.mode == 'factors':
+            T = u.shape[1]
+            count_u = self.count_activations or not block.activation_left
+            count_w = self.count_activations or block.activation_left
+            if count_u:
+                u2 = u.reshape(-1, u.shape[2])
+                L = (u2 * u2).sum(axis=0) if block.left_diagonal else u2.T.dot(u2)
+                self.left[name] = self.left.get(name, 0) + L / T
+            if count_w:
+                w2 = w.reshape(-1, w.shape[2])
+                self.right[name] = self.right.get(name, 0) + w2.T.dot(w2)
+            return
+        QL, QR = self.bases[name]
+        if QL is not None:
+            u = u.dot(QL)
+        projected = _xp(u).matmul(u.transpose(0, 2, 1), w.dot(QR))  # (B, rows, cols)
+        self._batch[name] = self._batch.get(name, 0) + projected
+
+    def _diagonal(self, function, in_data, out_grad, index, name):
+        if name in self.blocks or name in self.folded_bias:
+            raise NotImplementedError(
+                'parameter {} reaches the loss both through a {} layer and through {}; K-FAC does '
+                'not support that: exclude it with params=[...]'.format(
+                    name, 'Kronecker', type(function).__name__))
+        if self.mode != 'factors':
+            return
+        B = self.batch_size
+        rule = gradient_rules.rule_for(function, index) or gradient_rules.PerExampleFallback()
+        g = rule.gradient(function, in_data, out_grad, index, B).reshape(B, -1)
+        self._batch[name] = self._batch.get(name, 0) + g
+
+
+def pseudo_gradient_passes(curvature, hook, fisher, seed, progress=False, title='K-FAC'):
+    """Back-propagate pseudo output-gradients over the training set with ``hook`` active.
+
+    Per batch, the outputs f(x) are computed once; 'sampled' back-propagates one draw of
+    ``loss_fn.sample_output_gradients`` (numpy RandomState(seed), so the same seed gives the same
+    draws), 'exact' each column of ``loss_fn.output_hessian_sqrt`` in turn
+    (``hook.count_activations`` is True only for the first).
+    """
+    loss_fn, model, params = curvature.loss_fn, curvature.model, curvature.space.params
+    rng = numpy.random.RandomState(seed)
+    display = getattr(curvature, 'progress', QUIET)
+    with display.phase(title, curvature.n_train, enabled=progress) as bar:
+        for begin, end, batch in iterate_batches(curvature.train, curvature.batch_size,
+                                                 curvature.device):
+            with chainer.using_config('train', False), \
+                    chainer.using_config('enable_backprop', True), hook, exclusive_backward(hook):
+                y = loss_fn.outputs(model, *batch)
+                if y.ndim != 2:
+                    raise ValueError('loss_fn.outputs must return (B, C) outputs, got shape {}'
+                                     .format(y.shape))
+                if fisher == 'sampled':
+                    columns = [loss_fn.sample_output_gradients(y.array, rng, *batch)]
+                else:
+                    R = loss_fn.output_hessian_sqrt(y.array, *batch)
+                    columns = [R[:, :, c] for c in range(R.shape[2])]
+                hook.batch_size = len(y)
+                for c, g in enumerate(columns):
+                    hook.count_activations = c == 0
+                    g = _xp(g).ascontiguousarray(g.astype(y.dtype, copy=False))
+                    chainer.grad([y], params, grad_outputs=[chainer.Variable(g)])
+                    hook.end_backward()
+            bar.update(end - begin)
+
+
+class KFACSolver(object):
+    """(G + (weight_decay + damping) I)^-1 V with G the K-FAC approximation of the Gauss-Newton /
+    Fisher matrix (see the module docstring); ``solve(curvature, V, damping)`` like the others.
+
+    The factors are fitted on first use per curvature object and parameter values (one pass over
+    the training set; a second for EK-FAC) and reused for any test set and damping.
+    ``fisher='exact'`` costs C times the backward passes of 'sampled' (C outputs).
+
+    Other methods: :meth:`quadratic_form` (self-influence without solves), :meth:`default_damping`,
+    :meth:`factors_to_arrays` / :meth:`factors_from_arrays` (the on-disk cache).
+
+    diagnostics: ``fisher``, ``damping``, ``eigenvalue_min`` / ``eigenvalue_max`` of the
+    approximation + weight_decay + damping, ``mean_eigenvalue`` (of the approximation alone),
+    ``n_kronecker_blocks``, ``n_diagonal_params``, ``factor_bytes``, ``fit_seconds``.
+    """
+
+    kind = 'kfac'
+
+    def __init__(self, fisher='sampled', seed=0, progress=True):
+        if fisher not in FISHER_KINDS:
+            raise ValueError('fisher must be one of {}, got {!r}'.format(FISHER_KINDS, fisher))
+        self.fisher = fisher
+        self.seed = int(seed)
+        self.progress = progress
+        self.diagnostics = {}
+        self._key = None
+        self._blocks = None       # [(Block, Q_L or None, Q_R or None, eigenvalues (rows, cols))]
+        self._fit_seconds = 0.0
+
+    # ---- public API ----------------------------------------------------------------------
+    def fit(self, curvature):
+        """Fit the factors unless already fitted for this curvature and parameter values."""
+        values = curvature.space.values()
+        key = self._key
+        if key is None or key[0] is not curvature or not bool((key[1] == values).all()):
+            require_output_loss(curvature.loss_fn, type(self).__name__)
+            start = time.time()
+            self._blocks = self._fit(curvature)
+            self._fit_seconds = time.time() - start
+            self._key = (curvature, values.copy())
+        return self
+
+    def solve(self, curvature, V, damping=0.0):
+        """(G + (weight_decay + damping) I)^-1 V for V (K, P) -> (K, P)."""
+        V = curvature.as_rows(V)
+        denominators = self._denominators(curvature, damping)
+        parts = curvature.space.unflatten(V)
+        shapes = dict(zip(curvature.space.names, curvature.space.shapes))
+        out = {}
+        for (block, QL, QR, _), d in zip(self._blocks, denominators):
+            M = _rotate(block.gather(parts, len(V)).astype(numpy.float64), QL, QR)
+            M = _rotate_back(M / d, QL, QR)
+            block.scatter(M, shapes, out)
+        return curvature.space.flatten(out, lead_shape=(len(V),)).astype(V.dtype, copy=False)
+
+    def quadratic_form(self, curvature, G, damping=0.0):
+        """(B,) g_b^T (G + (weight_decay + damping) I)^-1 g_b for the rows of G (B, P): rotate,
+        scale, sum the squares (half a solve; self-influence in one pass)."""
+        G = curvature.as_rows(G)
+        denominators = self._denominators(curvature, damping)
+        parts = curvature.space.unflatten(G)
+        total = curvature.xp.zeros(len(G), dtype=numpy.float64)
+        for (block, QL, QR, _), d in zip(self._blocks, denominators):
+            M = _rotate(block.gather(parts, len(G)).astype(numpy.float64), QL, QR)
+            total += (M * M / d).sum(axis=(1, 2))
+        return total
+
+    def eigenvalues(self, curvature):
+        """All P eigenvalues of the approximation (without weight decay or damping), flat."""
+        self.fit(curvature)
+        return curvature.xp.concatenate([e.ravel() for _, _, _, e in self._blocks])
+
+    def default_damping(self, curvature):
+        """damping=None: ``DAMPING_FRACTION`` (0.1) x the mean eigenvalue of the approximation
+        (its trace / P, weight decay excluded; Kronfluence's rule), at least ``DAMPING_FLOOR``."""
+        return max(DAMPING_FRACTION * float(self.eigenvalues(curvature).mean()), DAMPING_FLOOR)
+
+    def factors_to_arrays(self):
+        """The fitted factors as a dict of host arrays (``structure``: JSON of the blocks)."""
+        arrays = {'structure': numpy.array(json.dumps(
+            {'kind': self.kind, 'fisher': self.fisher, 'seed': self.seed,
+             'blocks': [block.describe() for block, _, _, _ in self._blocks]}))}
+        for i, (block, QL, QR, eigenvalues) in enumerate(self._blocks):
+            for key, a in (('QL', QL), ('QR', QR), ('eigenvalues', eigenvalues)):
+                if a is not None:
+                    arrays['{}_{}'.format(key, i)] = chainer.backend.CpuDevice().send(a)
+        return arrays
+
+    def factors_from_arrays(self, curvature, arrays):
+        """Install factors saved by :meth:`factors_to_arrays` for ``curvature``'s current
+        parameter values (the caller vouches that they were fitted at these values)."""
+        structure = json.loads(str(arrays['structure']))
+        if (structure['kind'], structure['fisher'], structure['seed']) != (
+                self.kind, self.fisher, self.seed):
+            raise ValueError('saved factors are for {}; this solver is {} fisher={} seed={}'
+                             .format(structure, self.kind, self.fisher, self.seed))
+        xp = curvature.xp
+        blocks = []
+        for i, d in enumerate(structure['blocks']):
+            block = Block(d['names'], d['rows'], d['kronecker'], d['activation_left'],
+                          d['left_diagonal'])
+            QL, QR = (arrays.get('{}_{}'.format(k, i)) for k in ('QL', 'QR'))
+            blocks.append((block, None if QL is None else xp.asarray(QL),
+                           None if QR is None else xp.asarray(QR),
+                           xp.asarray(arrays['eigenvalues_{}'.format(i)])))
+        self._blocks = blocks
+        self._key = (curvature, curvature.space.values().copy())
+        self._fit_seconds = 0.0
+        return self
+
+    # ---- internals -----------------------------------------------------------------------
+    def _denominators(self, curvature, damping):
+        """Per block, eigenvalues + weight decay + damping (rows, cols); fit, check positive
+        definiteness, fill diagnostics. The weight decay (a float, or per parameter) enters as
+        the diagonal of diag(weight_decay) in the block's eigenbasis: exact when the rate is the
+        same over the block (always for a float)."""
+        self.fit(curvature)
+        damping = float(damping)
+        decay = curvature.space.unflatten(curvature.weight_decay_vector()[None])
+        denominators = []
+        for block, QL, QR, eigenvalues in self._blocks:
+            D = block.gather(decay, 1)[0].astype(numpy.float64)
+            if QL is not None:
+                D = (QL * QL).T.dot(D)
+            if QR is not None:
+                D = D.dot(QR * QR)
+            denominators.append(eigenvalues + D + damping)
+        eigenvalues = self.eigenvalues(curvature)
+        low = min(float(d.min()) for d in denominators)
+        high = max(float(d.max()) for d in denominators)
+        self.diagnostics = {
+            'solver': self.kind, 'fisher': self.fisher, 'damping': damping,
+            'eigenvalue_min': low, 'eigenvalue_max': high,
+            'mean_eigenvalue': float(eigenvalues.mean()),
+            'n_kronecker_blocks': sum(b.kronecker for b, _, _, _ in self._blocks),
+            'n_diagonal_params': sum(len(b.names) for b, _, _, _ in self._blocks
+                                     if not b.kronecker),
+            'factor_bytes': sum(sum(int(a.nbytes) for a in (QL, QR, e) if a is not None)
+                                for _, QL, QR, e in self._blocks),
+            'fit_seconds': self._fit_seconds}
+        if not low > 0:
+            raise NotPositiveDefiniteError(
+                '{} approximation + weight_decay + damping is singular: its smallest eigenvalue '
+                'is {:.3g} at damping={:g}. Use damping > 0 (damping=None picks {:.3g}).'.format(
+                    type(self).__name__, low, damping, self.default_damping(curvature)))
+        return denominators
+
+    def _fit(self, curvature):
+        space = curvature.space
+        hook = KroneckerFactorHook(space)
+        pseudo_gradient_passes(curvature, hook, self.fisher, self.seed, self.progress,
+                               '{} factors'.format(self.kind.upper()))
+        n = float(curvature.n_train)
+        blocks = []
+        for name, block in hook.blocks.items():
+            a, QL = ((hook.left[name] / n, None) if block.left_diagonal
+                     else symmetric_eigh(hook.left[name] / n))
+            b, QR = symmetric_eigh(hook.right[name] / n)
+            blocks.append((block, QL, QR, a[:, None] * b[None, :]))
+        folded = set(hook.folded_bias) | set(hook.blocks)
+        xp = curvature.xp
+        for name, size in zip(space.names, space.sizes):
+            if name not in folded:  # never reached: zero curvature
+                diag = hook.diagonal.get(name, xp.zeros(size, dtype=numpy.float64)) / n
+                blocks.append((Block([name], 1, False), None, None, diag.reshape(1, size)))
+        return self._correct(curvature, hook, blocks)
+
+    def _correct(self, curvature, hook, blocks):
+        """K-FAC keeps the Kronecker eigenvalues; EK-FAC overrides this."""
+        return blocks
+
+
+class EKFACSolver(KFACSolver):
+    """K-FAC with eigenvalue correction (George et al. 2018): a second pass over the training set
+    projects the per-example pseudo-gradients into the Kronecker eigenbasis and takes their
+    mean squares as the eigenvalues (same ``fisher`` kind and seed, hence the same draws).
+    Same interface and diagnostics as :class:`KFACSolver`."""
+
+    kind = 'ekfac'
+
+    def _correct(self, curvature, hook, blocks):
+        hook.mode = 'eigen'
+        hook.bases = {block.names[0]: (QL, QR) for block, QL, QR, _ in blocks if block.kronecker}
+        pseudo_gradient_passes(curvature, hook, self.fisher, self.seed, self.progress,
+                               'EK-FAC eigenvalues')
+        n = float(curvature.n_train)
+        xp = curvature.xp
+        return [(block, QL, QR, (hook.eigen.get(block.names[0], xp.zeros_like(e)) / n)
+                 if block.kronecker else e) for block, QL, QR, e in blocks]
+
+
+def _rotate(M, QL, QR):
+    """Q_L^T M Q_R for M (K, rows, cols); None stands for the identity."""
+    if QL is not None:
+        M = _xp(M).matmul(QL.T, M)
+    return M if QR is None else _xp(M).matmul(M, QR)
+
+
+def _rotate_back(M, QL, QR):
+    """Q_L M Q_R^T, the inverse of :func:`_rotate`."""
+    if QL is not None:
+        M = _xp(M).matmul(QL, M)
+    return M if QR is None else _xp(M).matmul(M, QR.T)
