@@ -117,3 +117,16 @@ def test_every_epoch_trigger_keeps_history(tmp_path):
         'iteration_12', 'iteration_6']
     with open(str(tmp_path / 'log')) as f:
         assert all('influence/time' in entry for entry in json.load(f))
+
+
+def test_one_line_extension_needs_no_damping_on_a_non_convex_mlp(tmp_path):
+    trainer, *_ = _trainer(str(tmp_path), lambda tr, te: ci.InfluenceExtension(
+        tr, te, test_indices=[0, 1], plot=False, self_influence=True, progress=False))
+    trainer.run()
+    with open(os.path.join(str(tmp_path), 'influence', 'rankings.json')) as f:
+        settings = json.load(f)['settings']
+    choice = settings['solver_choice']
+    assert (settings['solver'], settings['curvature']) == ('EKFACSolver', 'gauss-newton')
+    assert choice['damping'] == settings['damping'] > 0
+    assert 'not affine' in choice['reason']
+    assert choice['damping_rule'] == 'EKFACSolver.default_damping'
