@@ -270,7 +270,7 @@ def test_cg_does_not_stall_on_a_singular_block():
         warnings.simplefilter('error')  # no non-convergence warning
         got = ci.InfluenceFunctions(model, (x, t), loss_fn=binary_logistic,
                                     solver=ci.CGSolver(max_iter=200, tol=1e-10),
-                                    progress=False).influence(tests)
+                                    damping=0.0, progress=False).influence(tests)
     G = ci.per_sample_gradients(model, binary_logistic, (x, t), flat=True)
     g = ci.per_sample_gradients(model, binary_logistic, tests, flat=True)
     H = ci.Curvature(model, binary_logistic, (x, t)).dense_hessian()
