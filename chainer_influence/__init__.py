@@ -39,6 +39,11 @@ from chainer_influence.extension import InfluenceExtension  # NOQA
 from chainer_influence.extension import InfluenceRunWarning  # NOQA
 from chainer_influence.extension import InfluenceWriteError  # NOQA
 from chainer_influence.training_setup import TrainingSetupError  # NOQA
+from chainer_influence.influence import SelfInfluenceCostWarning  # NOQA
+from chainer_influence.tracin import TracInScores  # NOQA
+from chainer_influence.tracin import gradient_dots  # NOQA
+from chainer_influence.tracin import learning_rate  # NOQA
+from chainer_influence.tracin_extension import TracInExtension  # NOQA
 from chainer_influence.losses import hinge_loss  # NOQA
 from chainer_influence.losses import signed_margins  # NOQA
 from chainer_influence.losses import smooth_hinge_loss  # NOQA

@@ -16,7 +16,7 @@ from chainer_influence.batches import as_tuples, dataset_length, get_batch
 from chainer_influence.devices import to_host
 from chainer_influence.end_of_training import EndOfTrainingTrigger, training_length
 from chainer_influence.files import check_writable
-from chainer_influence.influence import InfluenceFunctions
+from chainer_influence.influence import InfluenceFunctions, check_normalize
 from chainer_influence.losses import sigmoid_cross_entropy_loss, softmax_cross_entropy_loss
 from chainer_influence.parameters import unwrap_model
 from chainer_influence.training_setup import (check_twice_differentiable, trained_loss,
@@ -104,16 +104,22 @@ class InfluenceExtension(extension.Extension):
         value_range (tuple): (low, high) of the image inputs for the figures; None detects it.
         keys (tuple of str): for datasets of dicts, the keys giving (inputs..., label); None:
             the Classifier's ``label_key`` last, the other keys before it in their order.
+        normalize: None, or ``'relatif'`` to rank by RelatIF (Barshan et al. 2020): each training
+            example's influence divided by the square root of its self-influence; see
+            :meth:`InfluenceFunctions.influence` for the cost.
     """
 
     trigger = None  # replaced by an EndOfTrainingTrigger per extension
     priority = extension.PRIORITY_WRITER  # report before LogReport reads the observation
     name = 'InfluenceExtension'
+    uses_curvature = True  # initialize checks double backprop and reads the weight decay
 
     def __init__(self, train, test, test_indices=None, top_k=10, solver=None, loss_fn=None,
                  params=None, damping=None, weight_decay=None, out='influence', writers=None,
                  plot=True, self_influence=False, class_names=None, batch_size=256, cache=True,
-                 progress=True, on_error='warn', value_range=None, keys=None, curvature=None):
+                 progress=True, on_error='warn', value_range=None, keys=None, curvature=None,
+                 normalize=None):
+        check_normalize(normalize)
         if on_error not in ON_ERROR:
             raise ValueError('on_error must be one of {}, got {!r}'.format(ON_ERROR, on_error))
         self.train, self.test = train, test
@@ -136,6 +142,7 @@ class InfluenceExtension(extension.Extension):
         self.error_policy = on_error  # not self.on_error: Extension.on_error is a method
         self.value_range = value_range
         self.keys = keys
+        self.normalize = normalize
         self.trigger = EndOfTrainingTrigger()
         self.report = None  # the last InfluenceReport
         self.failures = []  # failure records of the last run (see report_files.failure)
@@ -161,7 +168,8 @@ class InfluenceExtension(extension.Extension):
         loss_fn = self.loss_fn or trained_loss(model, trainer.updater, sample)
         n_outputs = checks.model_output_size(model, sample[0][:1])
         self._check_loss_shape(model, loss_fn, sample)
-        check_twice_differentiable(model, loss_fn, sample, params)
+        if self.uses_curvature:
+            check_twice_differentiable(model, loss_fn, sample, params)
         labels = _label_kind(loss_fn)
         train_shapes = [a.shape[1:] for a in sample]
         train_labels = self._check_training_set(train, n_train, labels, n_outputs, model)
@@ -179,7 +187,8 @@ class InfluenceExtension(extension.Extension):
             'model': model, 'optimizer': optimizer, 'params': params, 'train': train,
             'test': test, 'test_indices': test_indices, 'loss_fn': loss_fn, 'labels': labels,
             'train_labels': train_labels, 'images': images,
-            'weight_decay': self._read_weight_decay(optimizer, params, warn=True),
+            'weight_decay': (self._read_weight_decay(optimizer, params, warn=True)
+                             if self.uses_curvature else None),
         }
 
     def _check_loss_shape(self, model, loss_fn, sample):
@@ -244,7 +253,7 @@ class InfluenceExtension(extension.Extension):
         out_dir = os.path.join(trainer.out, self.out)
         self.failures = []
         try:
-            calc = self._compute(trainer)
+            values = self._compute(trainer)
         except Exception as e:
             self.failures.append(report_files.failure('influence run', e))
             self._finish(trainer, out_dir, {self.out + '/failed': 1.0})
@@ -252,18 +261,19 @@ class InfluenceExtension(extension.Extension):
                 raise
             return
         dirs = [out_dir]
-        if self.trigger.last_fired != trainer.updater.iteration:  # a user's trigger: keep a copy
+        if self._keeps_history(trainer):  # a user's trigger: keep a copy
             dirs.append(os.path.join(out_dir, 'iteration_{}'.format(trainer.updater.iteration)))
         for directory in dirs:
             self.failures += report_files.write_all(self.report, directory, self._outputs())[1]
-        values = self._values(calc, time.time() - start)
+        values = self._values(values, time.time() - start)
         self._finish(trainer, out_dir, values)
         if self.failures and self.error_policy == 'raise':
             raise InfluenceWriteError('writers failed: {}'.format(
                 '; '.join('{}: {}'.format(f['what'], f['error']) for f in self.failures)))
 
     def _compute(self, trainer):
-        """The influence run: computes ``self.report``; returns the InfluenceFunctions used."""
+        """The influence run: computes ``self.report``; returns the values to report under
+        ``<out>/`` besides time and sizes (here the solver's diagnostics)."""
         s = self._setup
         self.report = None
         weight_decay = self._read_weight_decay(s['optimizer'], s['params'])
@@ -276,15 +286,25 @@ class InfluenceExtension(extension.Extension):
             cache_dir=cache_dir if self.cache else None, progress=self.progress,
             curvature=self.curvature)
         test_batch = get_batch(s['test'], s['test_indices'], calc.device)
-        scores = calc.influence(test_batch)
+        scores = calc.influence(test_batch, normalize=self.normalize)
         self_influence = calc.self_influence() if self.compute_self_influence else None
+        self.report = self._make_report(test_batch, scores, self_influence,
+                                        self._settings(trainer, calc, weight_decay))
+        return _solver_values(calc.solver)
+
+    def _keeps_history(self, trainer):
+        """Whether this run also keeps a copy under ``<out>/iteration_<n>/``."""
+        return self.trigger.last_fired != trainer.updater.iteration
+
+    def _make_report(self, test_batch, scores, self_influence, settings):
+        """The InfluenceReport of ``scores`` (M, N) with the test points' labels, predictions
+        and losses."""
+        s = self._setup
         predicted, losses = self._predict(s['model'], s['loss_fn'], test_batch)
-        self.report = reporting.InfluenceReport(
+        return reporting.InfluenceReport(
             scores, s['test_indices'], _report_labels(test_batch), s['train_labels'],
             predicted_labels=predicted, test_losses=losses, self_influence=self_influence,
-            top_k=self.top_k, class_names=self.class_names,
-            settings=self._settings(trainer, calc, weight_decay))
-        return calc
+            top_k=self.top_k, class_names=self.class_names, settings=settings)
 
     def _finish(self, trainer, out_dir, values):
         """Report ``values`` (and ``failed``); on failures, warn and write error.json."""
@@ -358,7 +378,8 @@ class InfluenceExtension(extension.Extension):
         return (None if predicted is None else to_host(predicted)), to_host(losses.array)
 
     def _settings(self, trainer, calc, weight_decay):
-        return {'solver': type(calc.solver).__name__, 'damping': calc.damping,
+        return {'method': 'influence functions', 'normalize': self.normalize,
+                'solver': type(calc.solver).__name__, 'damping': calc.damping,
                 'curvature': calc.solver_choice['curvature'],
                 'solver_choice': calc.solver_choice, 'weight_decay': weight_decay,
                 'params': calc.param_names,
@@ -367,16 +388,22 @@ class InfluenceExtension(extension.Extension):
                 'top_k': self.top_k,
                 'loss_fn': getattr(self._setup['loss_fn'], '__name__', None)}
 
-    def _values(self, calc, seconds):
-        prefix = self.out + '/'
-        values = {prefix + 'time': seconds, prefix + 'n_test': len(self.report.test_indices),
-                  prefix + 'n_train': calc.n_train}
-        for key, value in getattr(calc.solver, 'diagnostics', {}).items():
-            value = numpy.asarray(value)
-            if value.dtype.kind in 'biuf' and value.size >= 1:
-                # per-column diagnostics are summarised by their worst (largest) value
-                values[prefix + 'solver/' + key] = float(value.max() if value.ndim else value)
-        return values
+    def _values(self, values, seconds):
+        """``values`` from :meth:`_compute` with time and sizes, under ``<out>/``."""
+        values = dict(values, time=seconds, n_test=len(self.report.test_indices),
+                      n_train=self.report.scores.shape[1])
+        return {self.out + '/' + key: value for key, value in values.items()}
+
+
+def _solver_values(solver):
+    """The numeric diagnostics of a solver, as ``solver/<key>`` scalars for the reporter."""
+    values = {}
+    for key, value in getattr(solver, 'diagnostics', {}).items():
+        value = numpy.asarray(value)
+        if value.dtype.kind in 'biuf' and value.size >= 1:
+            # per-column diagnostics are summarised by their worst (largest) value
+            values['solver/' + key] = float(value.max() if value.ndim else value)
+    return values
 
 
 def _label_kind(loss_fn):

@@ -36,6 +36,40 @@ CG_MAX_TRAIN = 20000         # CG up to this many training examples, LiSSA beyon
 SCORE_BLOCK = 8192           # training examples per cached block of scores
 
 
+RELATIF_FLOOR = 1e-12        # self-influence floor for RelatIF, relative to the largest
+NORMALIZATIONS = (None, 'relatif')
+
+
+class SelfInfluenceCostWarning(UserWarning):
+    """Self-influence (and RelatIF) with this solver costs one solve per training example."""
+
+
+def check_normalize(normalize):
+    """Raise ``ValueError`` unless ``normalize`` is one of :data:`NORMALIZATIONS`."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError('normalize must be None or \'relatif\', got {!r}'.format(normalize))
+
+
+def relatif_norms(self_influence):
+    """(N,) sqrt(self_influence), the RelatIF divisors (Barshan et al. 2020).
+
+    Values below ``RELATIF_FLOOR`` times the largest (rounding noise around an example with a
+    zero gradient, whose influence is 0 anyway) are floored there; a value below minus 1e-6 times
+    the largest means H + damping I is not positive definite and raises.
+    """
+    values = numpy.asarray(self_influence, dtype=numpy.float64)
+    largest = max(float(values.max()), 0.0)
+    worst = int(values.argmin())
+    if values[worst] < -1e-6 * largest or (largest == 0.0 and values[worst] < 0):
+        raise solvers_module.NotPositiveDefiniteError(
+            'RelatIF divides by sqrt(self-influence), but training example {} has self-influence '
+            '{:.6g} < 0 (largest {:.6g}): H + damping I is not positive definite (or the solver '
+            'did not converge). Add damping or use a positive semi-definite curvature.'.format(
+                worst, values[worst], largest))
+    floor = max(RELATIF_FLOOR * largest, numpy.finfo(numpy.float64).tiny)
+    return numpy.sqrt(numpy.maximum(values, floor))
+
+
 def default_solver(n_params, n_train):
     """Exact for small P, CG for moderate N, LiSSA for large N (on the Hessian of a loss without
     the output-Hessian protocol)."""
@@ -170,6 +204,7 @@ class InfluenceFunctions(object):
         self._cache_store = None
         self._cache_dir = cache_dir
         self._dead = None  # (P,) bool: zero gradient for every training example; see _solve
+        self._self_influence = None  # (hash of the parameter values, (N,) values)
 
     # ---- public API ----------------------------------------------------------------------
     @property
@@ -203,11 +238,24 @@ class InfluenceFunctions(object):
         batch = self._test_batch(test)
         return self._s_test(batch, self._test_key(batch))
 
-    def influence(self, test, s_test=None):
+    def influence(self, test, s_test=None, normalize=None):
         """(M, N) I_up,loss for every (test point, training example) pair; see module docstring.
 
         One streaming pass over the training set; ``s_test`` (M, P) skips the solve.
+
+        ``normalize='relatif'`` (Barshan et al. 2020, RelatIF) divides column i by
+        ``sqrt(self_influence_i) = sqrt(grad L(z_i)^T (H + damping I)^-1 grad L(z_i))``, so that
+        outliers with huge self-influence (mislabelled, atypical examples) stop topping every
+        list; signs are unchanged (negative = helpful). It needs the self-influence of every
+        training example, computed once per instance and reused for later test sets (see
+        :meth:`self_influence`): one more pass over the training set with ``EKFACSolver`` or
+        ``KFACSolver`` (no solve) or ``ExactSolver`` (one factorisation, reused), but one solve
+        per training example (N solves) with ``CGSolver`` or ``LiSSASolver``, which warn. A self-influence below ``RELATIF_FLOOR`` times the
+        largest is floored there (a zero gradient has zero influence: its score stays 0); a
+        clearly negative one, which a positive-definite H + damping I cannot give, raises
+        :class:`~chainer_influence.solvers.NotPositiveDefiniteError`.
         """
+        check_normalize(normalize)
         batch = self._test_batch(test)
         test_key = self._test_key(batch)  # hashed once per call, only when caching
         if s_test is None:
@@ -227,10 +275,23 @@ class InfluenceFunctions(object):
             self._backward(hook, train_batch)
             return -hook.contractions.T
 
-        return self._stream(prefix, block_scores, 'influence', (len(batch[0]),))
+        scores = self._stream(prefix, block_scores, 'influence', (len(batch[0]),))
+        if normalize == 'relatif':
+            scores = scores / relatif_norms(self.self_influence())
+        return scores
 
     def self_influence(self):
-        """(N,) grad L(z_i)^T (H + damping I)^-1 grad L(z_i); large values flag outliers."""
+        """(N,) grad L(z_i)^T (H + damping I)^-1 grad L(z_i); large values flag outliers.
+
+        Computed once per parameter values and kept (later calls, and ``influence(...,
+        normalize='relatif')``, reuse it). One pass over the training set: ``KFACSolver`` and
+        ``EKFACSolver`` evaluate the quadratic form directly, ``ExactSolver`` factorises once;
+        ``CGSolver`` and ``LiSSASolver`` solve once per training example and warn
+        (:class:`SelfInfluenceCostWarning`).
+        """
+        values_key = fingerprints.hash_arrays([p.array for p in self.space.params]).hexdigest()
+        if self._self_influence is not None and self._self_influence[0] == values_key:
+            return self._self_influence[1].copy()
         hook = PerSampleGradientHook(self.model, self.param_names)
         quadratic_form = getattr(self.solver, 'quadratic_form', None)
         damping = self.damping
@@ -243,10 +304,13 @@ class InfluenceFunctions(object):
             return (G * self._solve(G)).sum(axis=1)
 
         if quadratic_form is None and not isinstance(self.solver, solvers_module.ExactSolver):
-            self._say('self_influence with {} solves once per training example (N={}); '
-                      'ExactSolver factorises once'.format(type(self.solver).__name__,
-                                                            self.n_train))
-        return self._stream('self_influence_', block_scores, 'self-influence', ())
+            warnings.warn('self-influence with {} solves once per training example (N={} '
+                          'solves); ExactSolver factorises once, KFACSolver and EKFACSolver need '
+                          'no solve'.format(type(self.solver).__name__, self.n_train),
+                          SelfInfluenceCostWarning)
+        values = self._stream('self_influence_', block_scores, 'self-influence', ())
+        self._self_influence = (values_key, values)
+        return values.copy()
 
     def influence_on_params(self, train_indices):
         """(K, P) I_up,params = -(H + damping I)^-1 grad L(z_i): d theta / d epsilon."""
