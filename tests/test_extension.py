@@ -130,3 +130,20 @@ def test_one_line_extension_needs_no_damping_on_a_non_convex_mlp(tmp_path):
     assert choice['damping'] == settings['damping'] > 0
     assert 'not affine' in choice['reason']
     assert choice['damping_rule'] == 'EKFACSolver.default_damping'
+
+
+def test_relatif_extension_equals_direct_computation(tmp_path):
+    params = ['/l2/W', '/l2/b']
+    trainer, model, train, test = _trainer(str(tmp_path), lambda tr, te: ci.InfluenceExtension(
+        tr, te, test_indices=[2, 5], top_k=3, damping=0.1, plot=False, progress=False,
+        params=params, normalize='relatif', self_influence=True), epochs=1)
+    trainer.run()
+    with open(str(tmp_path / 'influence' / 'rankings.json')) as f:
+        assert json.load(f)['settings']['normalize'] == 'relatif'
+    calc = ci.InfluenceFunctions(model, train, weight_decay=1e-3, damping=0.1, params=params,
+                                 progress=False)
+    batch = chainer.dataset.concat_examples([test[2], test[5]])
+    report = trainer.get_extension('InfluenceExtension').report
+    numpy.testing.assert_allclose(report.scores, calc.influence(batch, normalize='relatif'),
+                                  rtol=1e-4)
+    numpy.testing.assert_allclose(report.self_influence, calc.self_influence(), rtol=1e-4)
