@@ -146,26 +146,60 @@ def plot_top_influential(report, test_images, train_images, path, n_show=None,
     the legend says.
     """
     ranked = report.rankings()
-    rows = len(report.test_indices) if n_show is None else min(n_show, len(report.test_indices))
-    k = ranked['helpful'].shape[1]
+    n = len(report.test_indices) if n_show is None else min(n_show, len(report.test_indices))
+    rows = [(report, ranked, m, _test_title(report, m)) for m in range(n)]
+    return _ranked_grid(rows, test_images, train_images, path, value_range)
+
+
+def plot_ranking_comparison(reports, test_images, train_images, path, n_show=None,
+                            value_range=None):
+    """Top-k lists of several scorings of the same test points, one row per (test point, scoring).
+
+    Args:
+        reports (dict): row title (e.g. ``'influence'``, ``'RelatIF'``) -> InfluenceReport; all
+            on the same test points in the same order.
+        test_images, train_images, path, n_show, value_range: as for
+            :func:`plot_top_influential`.
+
+    Each row starts with the test image, titled with the scoring's name, then its top-k helpful
+    and top-k harmful training images, as in :func:`plot_top_influential`.
+    """
+    names = list(reports)
+    first = reports[names[0]]
+    for name in names[1:]:
+        if list(reports[name].test_indices) != list(first.test_indices):
+            raise ValueError('the reports {!r} and {!r} are on different test points'.format(
+                names[0], name))
+    ranked = {name: report.rankings() for name, report in reports.items()}
+    n = len(first.test_indices) if n_show is None else min(n_show, len(first.test_indices))
+    rows = [(reports[name], ranked[name], m, '{}\n{}'.format(name, _test_title(reports[name], m)))
+            for m in range(n) for name in names]
+    return _ranked_grid(rows, test_images, train_images, path, value_range)
+
+
+def _ranked_grid(rows, test_images, train_images, path, value_range):
+    """One row per ``(report, ranked, m, title)``: test point m's image titled ``title``, then
+    its top-k helpful and top-k harmful training images (``ranked`` = ``report.rankings()``)."""
+    k = max(ranked['helpful'].shape[1] for _, ranked, _, _ in rows)
     if value_range is None:
-        shown = numpy.concatenate([ranked['helpful'][:rows].ravel(), ranked['harmful'][:rows].ravel()])
+        shown = [j for _, ranked, m, _ in rows for kind in ('helpful', 'harmful')
+                 for j in ranked[kind][m]]
+        tests = [report.test_indices[m] for report, _, m, _ in rows]
         value_range = detect_value_range(numpy.concatenate([
             _sample_inputs(train_images, shown).ravel(),
-            _sample_inputs(test_images, report.test_indices[:rows]).ravel()]))
-    cols = 1 + 2 * k
-    fig = _figure(1.35 * cols, 1.75 * max(rows, 1) + 0.6)
-    for r in range(rows):
-        ax = fig.add_subplot(rows, cols, r * cols + 1)
-        _show(ax, as_image(_example(test_images, report.test_indices[r]), value_range),
-              _test_title(report, r))
+            _sample_inputs(test_images, tests).ravel()]))
+    n_rows, cols = len(rows), 1 + 2 * k
+    fig = _figure(1.35 * cols, 1.75 * n_rows + 0.6)
+    for r, (report, ranked, m, title) in enumerate(rows):
+        ax = fig.add_subplot(n_rows, cols, r * cols + 1)
+        _show(ax, as_image(_example(test_images, report.test_indices[m]), value_range), title)
         for side, kind in enumerate(('helpful', 'harmful')):
-            for rank, j in enumerate(ranked[kind][r]):
-                ax = fig.add_subplot(rows, cols, r * cols + 2 + side * k + rank)
+            for rank, j in enumerate(ranked[kind][m]):
+                ax = fig.add_subplot(n_rows, cols, r * cols + 2 + side * k + rank)
                 _show(ax, as_image(_example(train_images, j), value_range),
-                      _tile_title(report, j, report.scores[r, j]), _COLOURS[kind])
+                      _tile_title(report, j, report.scores[m, j]), _COLOURS[kind])
     _legend(fig, ('helpful', 'harmful'))
-    fig.tight_layout(rect=(0, 0.6 / (1.75 * max(rows, 1) + 0.6), 1, 1))
+    fig.tight_layout(rect=(0, 0.6 / (1.75 * n_rows + 0.6), 1, 1))
     return _save(fig, path)
 
 

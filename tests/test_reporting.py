@@ -261,6 +261,22 @@ def test_plot_top_influential(tmp_path, kind):
     assert image.shape[1] > image.shape[0]  # 2 rows, 7 columns
 
 
+def test_plot_ranking_comparison(tmp_path):
+    rng = numpy.random.RandomState(0)
+    train_x = rng.uniform(0, 1, size=(12, 64))
+    test_x = rng.uniform(0, 1, size=(6, 64))
+    plain = make_report(top_k=2)
+    normalised = make_report(top_k=2, scores=plain.scores / numpy.arange(1, 13))
+    path = str(tmp_path / 'compare.png')
+    assert plots.plot_ranking_comparison({'influence': plain, 'RelatIF': normalised}, test_x,
+                                         train_x, path, n_show=2) == path
+    image = assert_png(path)
+    assert image.shape[0] > image.shape[1] * 0.8  # 4 rows of 5 tiles
+    other = make_report(top_k=2, test_indices=numpy.arange(3))
+    with pytest.raises(ValueError, match='different test points'):
+        plots.plot_ranking_comparison({'a': plain, 'b': other}, test_x, train_x, path)
+
+
 def test_plot_self_influence(tmp_path):
     values = numpy.random.RandomState(0).exponential(size=200)
     path = plots.plot_self_influence(values, str(tmp_path / 'self.png'), flipped=[3, 10, 50])
