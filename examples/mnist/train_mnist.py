@@ -4,9 +4,12 @@
 After training, ``InfluenceExtension`` writes, under ``<out>/influence/``: ``rankings.json``,
 ``rankings.csv``, ``influence.npz``, ``top_influential.png`` (each test image beside its most
 helpful and most harmful training images) and ``self_influence.png``; ``<out>/log`` holds the
-training log with the ``influence/...`` entries.
+training log with the ``influence/...`` entries. With ``--tracin``, ``TracInExtension`` adds
+TracIn scores at the end of every epoch and writes the same files under ``<out>/tracin/``;
+``--relatif`` ranks influence by RelatIF.
 
     python examples/mnist/train_mnist.py --dataset fashion-mnist --arch mlp
+    python examples/mnist/train_mnist.py --train-size 10000 --tracin --relatif
 
 --seed fixes the initial weights and the minibatch order: a rerun on the same machine writes
 the same rankings.json.
@@ -85,6 +88,11 @@ def parse_args(argv=None):
                            help='inverse-HVP solver; auto picks Exact for small parameter counts')
     influence.add_argument('--damping', type=float, default=0.01,
                            help='solve (H + damping I); needed when H is not positive definite')
+    influence.add_argument('--relatif', action='store_true',
+                           help='rank influence by RelatIF (influence / sqrt(self-influence))')
+    influence.add_argument('--tracin', action='store_true',
+                           help='also rank by TracIn, accumulated online at the end of every '
+                                'epoch (same parameters as influence), under <out>/tracin/')
     return parser.parse_args(argv)
 
 
@@ -120,12 +128,20 @@ def main(argv=None):
         train, test, test_indices=args.test_indices, top_k=args.top_k,
         solver=make_solver(args.solver), params=params, damping=args.damping,
         self_influence=not args.no_self_influence, batch_size=args.influence_batchsize,
-        class_names=list(ci.CLASS_NAMES[args.dataset]), progress=not args.no_progress))
+        class_names=list(ci.CLASS_NAMES[args.dataset]), progress=not args.no_progress,
+        normalize='relatif' if args.relatif else None))
+    if args.tracin:
+        trainer.extend(ci.TracInExtension(
+            train, test, test_indices=args.test_indices, top_k=args.top_k, params=params,
+            batch_size=args.influence_batchsize, class_names=list(ci.CLASS_NAMES[args.dataset]),
+            progress=not args.no_progress), trigger=(1, 'epoch'))
     common.add_print_report(trainer, [
         'epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
-        'validation/main/accuracy', 'influence/time', 'elapsed_time'], args)
+        'validation/main/accuracy', 'influence/time', 'tracin/time', 'elapsed_time'], args)
     trainer.run()
     print('influence rankings and figures: {}/influence/'.format(args.out))
+    if args.tracin:
+        print('TracIn rankings and figures: {}/tracin/'.format(args.out))
 
 
 if __name__ == '__main__':
