@@ -62,3 +62,12 @@ def token_problem(n=20):
     """(x, t): n examples of 3 token ids in [0, 5) and binary labels."""
     x = numpy.random.RandomState(0).randint(0, 5, size=(n, 3)).astype(numpy.int32)
     return x, numpy.arange(n, dtype=numpy.int32) % 2
+
+
+def fitted_mlp(n_train=200, n_test=3, max_iter=200):
+    """(TinyMLP in float64 fitted by L-BFGS with WEIGHT_DECAY, train, first n_test test points)."""
+    train, test = digits(n_train, n_test)
+    with chainer.using_config('dtype', numpy.float64):
+        model = TinyMLP()
+    fit_lbfgs(model, ci.softmax_cross_entropy_loss, train, WEIGHT_DECAY, max_iter=max_iter)
+    return model, train, test

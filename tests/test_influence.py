@@ -10,7 +10,7 @@ import chainer_influence as ci
 from chainer_influence import influence as influence_module
 from chainer_influence.retraining import fit_lbfgs, objective
 
-from digits_models import (WEIGHT_DECAY, SumOfEmbeddings, TinyMLP, digits, fitted_logreg,
+from digits_models import (WEIGHT_DECAY, SumOfEmbeddings, fitted_logreg, fitted_mlp,
                            token_problem)
 
 LOSS = ci.softmax_cross_entropy_loss
@@ -119,11 +119,7 @@ def test_perturbation_influence_rejects_integer_inputs():
 
 @pytest.fixture(scope='module')
 def mlp_problem():
-    train, test = digits(200, 4)
-    with chainer.using_config('dtype', numpy.float64):
-        model = TinyMLP()
-    fit_lbfgs(model, LOSS, train, WEIGHT_DECAY, max_iter=200)
-    return model, train, (test[0][:3], test[1][:3])
+    return fitted_mlp()
 
 
 def _dense(model, train, tests, damping):

@@ -9,20 +9,15 @@ import chainer_influence as ci
 from chainer_influence import influence as influence_module
 from chainer_influence.retraining import fit_lbfgs
 
-from digits_models import TinyMLP, digits
+from digits_models import WEIGHT_DECAY, digits, fitted_mlp
 
 LOSS = ci.softmax_cross_entropy_loss
-WEIGHT_DECAY = 0.01
 FLIPPED = [5, 40]  # training examples given the wrong label
 
 
 @pytest.fixture(scope='module')
 def mlp_problem():
-    train, test = digits(200, 4)
-    with chainer.using_config('dtype', numpy.float64):
-        model = TinyMLP()
-    fit_lbfgs(model, LOSS, train, WEIGHT_DECAY, max_iter=100)
-    return model, train, (test[0][:3], test[1][:3])
+    return fitted_mlp()
 
 
 @pytest.fixture(scope='module')
