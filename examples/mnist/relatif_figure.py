@@ -4,12 +4,13 @@
 Trains a 784-100-10 MLP on a subsample of Fashion-MNIST with Chainer's Trainer, then ranks the
 training images for a few test images by plain influence (I_up,loss) and by RelatIF (influence
 divided by sqrt(self-influence)), on the last layer with the Exact solver. Writes one figure with
-both lists per test image and prints, over ``--n-eval`` test images, how often the lists hold
-high self-influence training images (outliers) and training images of the test image's class.
+both lists per test image (``<out>/relatif_fashion_mnist.png`` or ``--figure``) and prints, over
+``--n-eval`` test images, how often the lists hold high self-influence training images
+(outliers) and training images of the test image's class.
 
-    python examples/mnist/relatif_figure.py --out docs/relatif_fashion_mnist.png
+    python examples/mnist/relatif_figure.py --figure docs/relatif_fashion_mnist.png
 """
-import argparse
+import os
 import sys
 import time
 
@@ -18,10 +19,11 @@ import numpy
 import chainer
 import chainer.functions as F
 import chainer.links as L
-from chainer import training
 
-import chainer_influence as ci
-from chainer_influence import plots
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from examples import common  # NOQA: E402
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots  # NOQA: E402
 
 
 class MLP(chainer.Chain):
@@ -36,38 +38,25 @@ class MLP(chainer.Chain):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data-dir', default=None,
-                        help='Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist/)')
-    parser.add_argument('--train-size', type=int, default=5000, help='first N training images')
-    parser.add_argument('--epochs', type=int, default=10)
-    parser.add_argument('--weight-decay', type=float, default=1e-3)
-    parser.add_argument('--damping', type=float, default=1e-3)
-    parser.add_argument('--test-indices', type=int, nargs='+', default=[2, 0, 1],
-                        help='test images shown in the figure')
-    parser.add_argument('--n-eval', type=int, default=100,
-                        help='test images (the first n) for the printed summary')
-    parser.add_argument('--top-k', type=int, default=5)
-    parser.add_argument('--n-outliers', type=int, default=50,
-                        help='the training images with the largest self-influence count as '
-                             'outliers in the summary')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--out', '-o', default='relatif_fashion_mnist.png', help='the PNG')
+    parser = common.make_parser(__doc__, out='result/relatif')
+    common.add_data_arguments(parser, 'folder with the Fashion-MNIST IDX files (None: '
+                              '/usr/share/datasets/fashion-mnist/)', n_train=60000)
+    common.add_training_arguments(parser, epoch=10, batchsize=64, lr=0.05, weight_decay=1e-3)
+    group = parser.add_argument_group('influence')
+    group.add_argument('--damping', type=float, default=1e-3, help='solve (H + damping I)')
+    group.add_argument('--test-indices', type=int, nargs='+', default=[2, 0, 1],
+                       help='test images shown in the figure')
+    group.add_argument('--n-eval', type=int, default=100,
+                       help='test images (the first n) for the printed summary')
+    group.add_argument('--top-k', type=int, default=5,
+                       help='helpful and harmful training images per list')
+    group.add_argument('--n-outliers', type=int, default=50,
+                       help='the training images with the largest self-influence count as '
+                            'outliers in the summary')
+    group.add_argument('--figure', default=None,
+                       help='the PNG to write (None: <out>/relatif_fashion_mnist.png)')
+    parser.set_defaults(train_size=5000)
     return parser.parse_args(argv)
-
-
-def train_model(train, args):
-    numpy.random.seed(args.seed)  # initializers and the iterator's shuffle
-    model = L.Classifier(MLP())
-    optimizer = chainer.optimizers.MomentumSGD(lr=0.05)
-    optimizer.setup(model)
-    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
-    iterator = chainer.iterators.SerialIterator(train, 64)
-    trainer = training.Trainer(training.updaters.StandardUpdater(iterator, optimizer),
-                               (args.epochs, 'epoch'), out='/tmp')
-    trainer.run()
-    return model
 
 
 def summary(name, scores, test_labels, train_labels, outliers, top_k):
@@ -83,23 +72,27 @@ def summary(name, scores, test_labels, train_labels, outliers, top_k):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    device = common.setup(args)
     try:
         train, test = ci.load_fashion_mnist(args.data_dir)
     except ci.DataNotFoundError as e:
         sys.exit('error: {}'.format(e))
-    x, t = chainer.dataset.concat_examples(train[:args.train_size])
+    x, t = chainer.dataset.concat_examples(common.first(train, args.train_size))
     train = chainer.datasets.TupleDataset(x, t)
-    model = train_model(train, args)
+    model = L.Classifier(MLP())
+    model.to_device(device)
+    common.make_trainer(model, train, None, args, device).run()
     n_eval = max(args.n_eval, max(args.test_indices) + 1)
-    xt, tt = chainer.dataset.concat_examples(test[:n_eval])
-    with chainer.using_config('train', False):
+    xt, tt = chainer.dataset.concat_examples(test[:n_eval], device)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
         accuracy = float(F.accuracy(model.predictor(xt), tt).array)
     print('trained {} epochs on {} images in {:.0f} s; accuracy on {} test images {:.3f}'.format(
-        args.epochs, len(train), time.time() - start, n_eval, accuracy))
+        args.epoch, len(train), time.time() - start, n_eval, accuracy))
 
     calc = ci.InfluenceFunctions(model, train, params=['/fc/W', '/fc/b'],
                                  solver=ci.ExactSolver(), weight_decay=args.weight_decay,
-                                 damping=args.damping, batch_size=1000, progress=False)
+                                 damping=args.damping, batch_size=1000,
+                                 progress=not args.no_progress)
     plain = calc.influence((xt, tt))
     relatif = calc.influence((xt, tt), normalize='relatif')  # self-influence: one more pass
     print('influence and RelatIF for {} test images: {:.0f} s since start'.format(
@@ -107,6 +100,7 @@ def main(argv=None):
     outliers = numpy.argsort(-calc.self_influence())[:args.n_outliers]
     print('top-{} lists over {} test images; outliers = the {} largest self-influences'.format(
         args.top_k, n_eval, args.n_outliers))
+    tt = chainer.backend.CpuDevice().send(tt)
     for name, scores in (('influence', plain), ('RelatIF', relatif)):
         summary(name, scores, tt, t, outliers, args.top_k)
 
@@ -115,8 +109,9 @@ def main(argv=None):
     reports = {name: ci.InfluenceReport(scores[shown], shown, tt[shown], t, top_k=args.top_k,
                                         class_names=names)
                for name, scores in (('influence', plain), ('RelatIF', relatif))}
-    plots.plot_ranking_comparison(reports, test, train, args.out)
-    print('wrote {} ({:.0f} s in all)'.format(args.out, time.time() - start))
+    path = args.figure or os.path.join(args.out, 'relatif_fashion_mnist.png')
+    plots.plot_ranking_comparison(reports, test, train, path)
+    print('wrote {} ({:.0f} s in all)'.format(path, time.time() - start))
 
 
 if __name__ == '__main__':
