@@ -172,8 +172,13 @@ def plot_ranking_comparison(reports, test_images, train_images, path, n_show=Non
                 names[0], name))
     ranked = {name: report.rankings() for name, report in reports.items()}
     n = len(first.test_indices) if n_show is None else min(n_show, len(first.test_indices))
-    rows = [(reports[name], ranked[name], m, '{}\n{}'.format(name, _test_title(reports[name], m)))
-            for m in range(n) for name in names]
+    rows = []
+    for m in range(n):
+        for name in names:
+            report = reports[name]
+            title = '{}\ntest #{} ({})'.format(name, report.test_indices[m],
+                                               _label_text(report, report.test_labels[m]))
+            rows.append((report, ranked[name], m, title))
     return _ranked_grid(rows, test_images, train_images, path, value_range)
 
 

@@ -225,3 +225,23 @@ def test_gradient_dots_leave_the_model_untouched():
     for name, p in model.namedparams():
         numpy.testing.assert_array_equal(p.array, before[name])
         assert p.grad is None
+
+
+def test_loss_without_double_backprop_is_fine_for_tracin(tmp_path):
+    """TracIn needs first derivatives only: F.hinge (an old-style Function, which influence
+    functions refuse at initialize) is read from the Classifier and scored."""
+    numpy.random.seed(0)
+    train, test = _datasets()
+    with chainer.using_config('dtype', numpy.float64):
+        model = L.Classifier(TinyMLP(), lossfun=F.hinge)
+    optimizer = chainer.optimizers.SGD(lr=0.1)
+    optimizer.setup(model)
+    it = chainer.iterators.SerialIterator(train, BATCH, shuffle=False)
+    trainer = training.Trainer(training.updaters.StandardUpdater(it, optimizer), (1, 'epoch'),
+                               out=str(tmp_path))
+    trainer.extend(ci.TracInExtension(train, test, test_indices=[0], top_k=2, plot=False,
+                                      progress=False, on_error='raise'))
+    trainer.run()
+    report = trainer.get_extension('TracInExtension').report
+    assert report.scores.shape == (1, N_TRAIN) and numpy.isfinite(report.scores).all()
+    assert report.settings['learning_rates'] == [0.1]

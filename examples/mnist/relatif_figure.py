@@ -49,7 +49,9 @@ def parse_args(argv=None):
     group.add_argument('--n-eval', type=int, default=100,
                        help='test images (the first n) for the printed summary')
     group.add_argument('--top-k', type=int, default=5,
-                       help='helpful and harmful training images per list')
+                       help='helpful and harmful training images per list, for the summary')
+    group.add_argument('--show-k', type=int, default=4,
+                       help='helpful and harmful training images per list in the figure')
     group.add_argument('--n-outliers', type=int, default=50,
                        help='the training images with the largest self-influence count as '
                             'outliers in the summary')
@@ -106,7 +108,7 @@ def main(argv=None):
 
     shown = numpy.asarray(args.test_indices)
     names = list(ci.CLASS_NAMES['fashion-mnist'])
-    reports = {name: ci.InfluenceReport(scores[shown], shown, tt[shown], t, top_k=args.top_k,
+    reports = {name: ci.InfluenceReport(scores[shown], shown, tt[shown], t, top_k=args.show_k,
                                         class_names=names)
                for name, scores in (('influence', plain), ('RelatIF', relatif))}
     path = args.figure or os.path.join(args.out, 'relatif_fashion_mnist.png')
