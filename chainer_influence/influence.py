@@ -64,7 +64,7 @@ def relatif_norms(self_influence):
         raise solvers_module.NotPositiveDefiniteError(
             'RelatIF divides by sqrt(self-influence), but training example {} has self-influence '
             '{:.6g} < 0 (largest {:.6g}): H + damping I is not positive definite (or the solver '
-            'did not converge). Add damping or use a positive semi-definite curvature.'.format(
+            'did not converge). Add damping or use curvature=\'gauss-newton\'.'.format(
                 worst, values[worst], largest))
     floor = max(RELATIF_FLOOR * largest, numpy.finfo(numpy.float64).tiny)
     return numpy.sqrt(numpy.maximum(values, floor))

@@ -115,3 +115,13 @@ def test_bad_normalize_and_cost_warning(mlp_problem):
         ci.InfluenceExtension(train, tests, normalize='RelatIF')
     with pytest.warns(ci.SelfInfluenceCostWarning, match='N=200 solves'):
         calc.influence((tests[0][:1], tests[1][:1]), normalize='relatif')
+
+
+def test_relatif_with_ekfac_needs_no_solve_per_example(mlp_problem, recwarn):
+    model, train, tests = mlp_problem
+    calc = ci.InfluenceFunctions(model, train, solver=ci.EKFACSolver(), curvature='gauss-newton',
+                                 damping=0.01, weight_decay=WEIGHT_DECAY, progress=False)
+    relatif = calc.influence(tests, normalize='relatif')
+    assert not [w for w in recwarn if issubclass(w.category, ci.SelfInfluenceCostWarning)]
+    numpy.testing.assert_allclose(
+        relatif, calc.influence(tests) / numpy.sqrt(calc.self_influence()), rtol=1e-10)
