@@ -31,6 +31,10 @@ from chainer_influence.devices import to_host
 from chainer_influence.files import atomic_write, remove_stale_temporaries
 
 KEEP = 3
+
+
+class CacheKeyChangedWarning(UserWarning):
+    """``cache_dir`` holds results for other inputs, which are not reused."""
 _KEY_PATTERN = re.compile(r'^[0-9a-f]{16}$')
 
 
@@ -59,12 +63,12 @@ class ScoreCache(object):
         others = [d for d in _key_dirs(cache_dir) if d != key]
         pruned = prune(cache_dir, keep, current=key)
         if others:
-            warnings.warn(
+            warnings.warn(CacheKeyChangedWarning(
                 'cache_dir {} holds results for other training data, model, loss or settings '
                 '({}); they are not reused: results for these inputs go to {}.{}'.format(
                     cache_dir, ', '.join(sorted(others)), key,
                     ' Removed the oldest: {} (keeping the {} most recent).'.format(
-                        ', '.join(pruned), keep) if pruned else ''))
+                        ', '.join(pruned), keep) if pruned else '')))
 
     def load(self, name, shape, dtype):
         """The array stored as ``name`` if it is valid, else None (a bad block is removed)."""

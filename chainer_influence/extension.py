@@ -13,6 +13,7 @@ from chainer_influence import checks
 from chainer_influence import report_files
 from chainer_influence import reporting
 from chainer_influence.batches import as_tuples, dataset_length, get_batch
+from chainer_influence.cache import CacheKeyChangedWarning
 from chainer_influence.devices import to_host
 from chainer_influence.end_of_training import EndOfTrainingTrigger, training_length
 from chainer_influence.files import check_writable
@@ -253,7 +254,10 @@ class InfluenceExtension(extension.Extension):
         out_dir = os.path.join(trainer.out, self.out)
         self.failures = []
         try:
-            values = self._compute(trainer)
+            with warnings.catch_warnings():
+                # the cache holds this extension's earlier runs, made with other parameter values
+                warnings.simplefilter('ignore', CacheKeyChangedWarning)
+                values = self._compute(trainer)
         except Exception as e:
             self.failures.append(report_files.failure('influence run', e))
             self._finish(trainer, out_dir, {self.out + '/failed': 1.0})
