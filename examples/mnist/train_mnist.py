@@ -84,10 +84,14 @@ def parse_args(argv=None):
                            help='last: only the output layer (the paper\'s choice for '
                                 'Inception; convex, exact solver); all: every parameter '
                                 '(None: all for logreg, last otherwise)')
-    influence.add_argument('--solver', choices=('auto', 'exact', 'cg', 'lissa'), default='auto',
-                           help='inverse-HVP solver; auto picks Exact for small parameter counts')
-    influence.add_argument('--damping', type=float, default=0.01,
-                           help='solve (H + damping I); needed when H is not positive definite')
+    influence.add_argument('--solver', choices=sorted(SOLVERS), default='auto',
+                           help='inverse-curvature solver; auto: Exact on the Hessian for a small '
+                                'convex scope (the last layer, logreg), EK-FAC on the '
+                                'Gauss-Newton otherwise')
+    influence.add_argument('--curvature', choices=('hessian', 'gauss-newton'), default=None,
+                           help='curvature for exact/cg/lissa (None: chosen with the solver)')
+    influence.add_argument('--damping', type=float, default=None,
+                           help='solve (H + damping I); None: the solver\'s default rule')
     influence.add_argument('--relatif', action='store_true',
                            help='rank influence by RelatIF (influence / sqrt(self-influence))')
     influence.add_argument('--tracin', action='store_true',
@@ -107,9 +111,8 @@ def load(args):
     return common.first(train, args.train_size), test
 
 
-def make_solver(name):
-    return {'auto': None, 'exact': ci.ExactSolver(), 'cg': ci.CGSolver(),
-            'lissa': ci.LiSSASolver()}[name]
+SOLVERS = {'auto': lambda: None, 'exact': ci.ExactSolver, 'cg': ci.CGSolver,
+           'lissa': ci.LiSSASolver, 'kfac': ci.KFACSolver, 'ekfac': ci.EKFACSolver}
 
 
 def main(argv=None):
@@ -126,7 +129,8 @@ def main(argv=None):
     params = None if scope == 'all' else ['/fc/W', '/fc/b']
     trainer.extend(ci.InfluenceExtension(
         train, test, test_indices=args.test_indices, top_k=args.top_k,
-        solver=make_solver(args.solver), params=params, damping=args.damping,
+        solver=SOLVERS[args.solver](), curvature=args.curvature, params=params,
+        damping=args.damping,
         self_influence=not args.no_self_influence, batch_size=args.influence_batchsize,
         class_names=list(ci.CLASS_NAMES[args.dataset]), progress=not args.no_progress,
         normalize='relatif' if args.relatif else None))
