@@ -330,3 +330,43 @@ def plot_detection_curves(curves, path):
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_perturbations(originals, perturbed, path, targets=None, titles=None, epsilon=None,
+                       value_range=(0., 1.)):
+    """Training-set attack: per row, [the target test image,] the original training image, the
+    attacked one and their difference (attacked - original, blue < 0 < red, scale +-epsilon).
+
+    Args:
+        originals, perturbed: (R, ...) training inputs before and after the attack.
+        targets: (R, ...) the target test images, or None to leave that column out.
+        titles (list of str): one line of text per row, above its first image.
+        epsilon (float): colour scale of the differences; None: their largest |value|.
+        value_range: the pixel range of the inputs.
+    """
+    originals, perturbed = to_host(originals, numpy.float64), to_host(perturbed, numpy.float64)
+    differences = perturbed - originals
+    if epsilon is None:
+        epsilon = max(float(numpy.abs(differences).max()), 1e-12)
+    rows = len(originals)
+    columns = ['original', 'attacked', 'difference']
+    if targets is not None:
+        columns.insert(0, 'target (test)')
+    fig = _figure(1.6 * len(columns), 1.8 * max(rows, 1))
+    for r in range(rows):
+        images = [as_image(originals[r], value_range), as_image(perturbed[r], value_range),
+                  as_image(differences[r], (-epsilon, epsilon))]
+        if targets is not None:
+            images.insert(0, as_image(targets[r], value_range))
+        for c, (name, image) in enumerate(zip(columns, images)):
+            ax = fig.add_subplot(rows, len(columns), r * len(columns) + c + 1)
+            title = name if titles is None or c > 0 else '{}\n{}'.format(titles[r], name)
+            if name == 'difference':
+                ax.imshow(image, cmap='RdBu_r', vmin=0., vmax=1., interpolation='nearest')
+                ax.set_title('{}\n(+-{:.3g})'.format(name, epsilon), fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                _show(ax, image, title)
+    fig.tight_layout()
+    return _save(fig, path)
