@@ -103,7 +103,7 @@ def parse_args(argv=None):
                         help='L-infinity bound of each perturbation, pixel units of [0, 1]')
     parser.add_argument('--step-size', type=float, default=None,
                         help='signed-gradient step (pixel units); None: epsilon / 4')
-    parser.add_argument('--steps', type=int, default=10,
+    parser.add_argument('--steps', type=int, default=5,
                         help='attack steps (each followed by exact retraining) per attempt')
     parser.add_argument('--n-targets', type=int, default=20, help='target test images')
     parser.add_argument('--targets', choices=('random', 'smallest-margin'), default='random',
