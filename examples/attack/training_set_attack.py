@@ -7,7 +7,8 @@ deterministic: R(theta) is strictly convex (weight decay > 0) and L-BFGS reaches
 minimiser whatever the (warm) start.
 
 Signs. ``InfluenceFunctions.perturbation_influence`` returns I_pert,loss(z_test, z_i) =
--grad_x [grad L(z_test)^T H^-1 grad_theta L(z_i)], H the Hessian of R = (1/N) sum_i L + wd/2 |theta|^2.
+-grad_x [grad L(z_test)^T H^-1 grad_theta L(z_i)], H the Hessian of
+R = (1/N) sum_i L + wd/2 |theta|^2.
 Replacing x_i by x_i + delta moves the optimum by -(1/N) H^-1 grad_x grad_theta L(z_i) delta, so the
 target's test loss changes by about ``(1/N) <I_pert,loss, delta>``: the L-infinity step that raises
 it most is ``delta = +epsilon * sign(I_pert,loss)`` and gains ``(epsilon / N) |I_pert,loss|_1``.
@@ -34,7 +35,8 @@ def extract_features(extractor, x, batch_size=1024):
     out = []
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         for begin in range(0, len(x), batch_size):
-            out.append(to_host(_features(extractor, device.send(x[begin:begin + batch_size])).array))
+            phi = _features(extractor, device.send(x[begin:begin + batch_size]))
+            out.append(to_host(phi.array))
     return numpy.concatenate(out)
 
 
