@@ -14,8 +14,9 @@ frozen extractor); the top K (for K in --n-perturb, tried in increasing order un
 are changed by iterated signed steps epsilon-bounded around the originals, retraining the top
 after every step. Success: the target's predicted label flips after retraining.
 
-Writes under --out: results.json (settings, per-target attacks, summary) and attack.png (targets,
-original and attacked training images, differences).
+Writes under --out: results.json (settings, per-target attacks, summary), attacked.npz (per
+target its final changed training indices and images) and attack.png (targets, original and
+attacked training images, differences).
 
     PYTHONPATH=. python examples/attack/attack_fashion_mnist.py
 """
@@ -270,6 +271,11 @@ def main(argv=None):
         clean_train_accuracy=float((train_margins > 0).mean()),
         clean_test_accuracy=float((test_margins > 0).mean()),
         wall_time_s=round(time.time() - start, 1))
+    numpy.savez_compressed(
+        os.path.join(args.out, 'attacked.npz'),
+        test_indices=[r['test_index'] for r in results],
+        **{'train_indices_{}'.format(r['test_index']): r['_final']['indices'] for r in results},
+        **{'x_{}'.format(r['test_index']): r['_final']['x'] for r in results})
     for r in results:
         del r['_final']
     path = os.path.join(args.out, 'results.json')
@@ -281,8 +287,9 @@ def main(argv=None):
 
 
 def plot(args, attack, test, results):
-    """attack.png: per shown target, its test image and its first changed training image."""
-    shown = [r for r in results if r['success']] or results
+    """attack.png: per shown target (flipped ones first), its test image and its first changed
+    training image."""
+    shown = ([r for r in results if r['success']] + [r for r in results if not r['success']])
     shown = shown[:args.n_show]
     rows = [(r, r['_final']) for r in shown]
     return plots.plot_perturbations(
