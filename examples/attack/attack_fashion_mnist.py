@@ -2,11 +2,12 @@
 """Training-set attack on a binary Fashion-MNIST task (Koh & Liang 2017, Section 5.2).
 
 Pullover vs coat (the default --classes 2,4): two long-sleeved garments, one of the most confused
-pairs of Fashion-MNIST. The model is a feature extractor (an MLP 784-256-h, ReLU) trained once with
-Adam on --pretrain-size images of the two classes that are NOT in the attacked training set, then
-frozen, under a linear softmax top retrained exactly by L-BFGS (convex, weight decay > 0) - the
-analogue of the paper's frozen Inception features + logistic regression. --features pixels puts
-the top on the raw pixels instead.
+pairs of Fashion-MNIST. The model is a feature extractor (an MLP 784-256-h, ReLU) trained once
+(MomentumSGD --lr, WeightDecay --weight-decay, --epoch) on --pretrain-size images of the two
+classes that are NOT in the attacked training set, then frozen, under a linear softmax top
+retrained exactly by L-BFGS (convex: L2 term --weight-decay/2 |theta|^2, as Koh & Liang's 0.001) -
+the analogue of the paper's frozen Inception features + logistic regression. --features pixels
+puts the top on the raw pixels instead.
 
 For each of --n-targets correctly classified test images (the targets), the training images are
 ranked by the first-order gain of an L-infinity step, |I_pert,loss|_1 (pixel space, through the
@@ -18,9 +19,8 @@ Writes under --out: results.json (settings, per-target attacks, summary), attack
 target its final changed training indices and images) and attack.png (targets, original and
 attacked training images, differences).
 
-    PYTHONPATH=. python examples/attack/attack_fashion_mnist.py
+    python examples/attack/attack_fashion_mnist.py
 """
-import argparse
 import json
 import os
 import sys
@@ -31,15 +31,14 @@ import numpy
 import chainer
 import chainer.functions as F
 import chainer.links as L
-from chainer import training
-from chainer.training import extensions
 
-import chainer_influence as ci
-from chainer_influence import plots
-from chainer_influence.batches import get_batch
-from chainer_influence.retraining import fit_lbfgs
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+import chainer_influence as ci  # NOQA: E402
+from chainer_influence import plots  # NOQA: E402
+from chainer_influence.batches import get_batch  # NOQA: E402
+from chainer_influence.retraining import fit_lbfgs  # NOQA: E402
+from examples import common  # NOQA: E402
 import training_set_attack  # NOQA: E402
 
 
@@ -70,18 +69,8 @@ class Pretraining(chainer.Chain):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of the data split, the extractor\'s initialisation and the '
-                        'random targets')
-    parser.add_argument('--epoch', '-e', type=int, default=5,
-                        help='epochs of the extractor\'s pretraining (Adam)')
-    parser.add_argument('--batchsize', '-b', type=int, default=100,
-                        help='minibatch size of the extractor\'s pretraining')
-    parser.add_argument('--out', '-o', default='result/attack', help='output folder')
-    parser.add_argument('--device', '-d', default='@numpy', help='Chainer device specifier')
-    parser.add_argument('--no-progress', action='store_true', help='no progress output')
+    parser = common.make_parser(__doc__, out='result/attack')
+    common.add_training_arguments(parser, epoch=5, batchsize=100, lr=0.05, weight_decay=0.001)
     parser.add_argument('--data-dir', default=None,
                         help='folder of the Fashion-MNIST IDX files; None: '
                         '/usr/share/datasets/fashion-mnist')
@@ -98,8 +87,6 @@ def parse_args(argv=None):
                         help='mlp: frozen pretrained MLP features; pixels: top on raw pixels')
     parser.add_argument('--n-features', type=int, default=128,
                         help='features of the MLP extractor (the top has 2 (h + 1) parameters)')
-    parser.add_argument('--weight-decay', type=float, default=0.001,
-                        help='L2 term weight_decay/2 |theta|^2 of the top (Koh & Liang: 0.001)')
     parser.add_argument('--epsilon', type=float, default=8. / 255,
                         help='L-infinity bound of each perturbation, pixel units of [0, 1]')
     parser.add_argument('--step-size', type=float, default=None,
@@ -146,22 +133,16 @@ def _two_classes(dataset, classes):
 
 
 def pretrain_extractor(args, data, device):
-    """The MLP extractor trained with Adam (Chainer's Trainer) on ``data``, then frozen."""
+    """The MLP extractor trained (MomentumSGD, WeightDecay, common.make_trainer) on ``data``
+    with a throw-away linear head, then frozen."""
     with chainer.using_config('dtype', numpy.float64):
         extractor = MLPFeatures(n_features=args.n_features)
         model = L.Classifier(Pretraining(extractor, args.n_features))
     model.to_device(device)
-    optimizer = chainer.optimizers.Adam()
-    optimizer.setup(model)
-    iterator = chainer.iterators.SerialIterator(chainer.datasets.TupleDataset(*data),
-                                                args.batchsize)
-    updater = training.updaters.StandardUpdater(iterator, optimizer, device=device)
-    trainer = training.Trainer(updater, (args.epoch, 'epoch'),
-                               out=os.path.join(args.out, 'pretrain'))
-    trainer.extend(extensions.LogReport())
-    if not args.no_progress:
-        trainer.extend(extensions.PrintReport(['epoch', 'main/loss', 'main/accuracy',
-                                               'elapsed_time']))
+    trainer = common.make_trainer(model, chainer.datasets.TupleDataset(*data), None, args,
+                                  device)
+    common.add_print_report(trainer, ['epoch', 'main/loss', 'main/accuracy', 'elapsed_time'],
+                            args)
     trainer.run()
     extractor.disable_update()
     return extractor
@@ -223,9 +204,7 @@ def summarise(args, targets, clean_rest_accuracy):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = chainer.get_device(args.device)
-    device.use()
-    numpy.random.seed(args.seed)
+    device = common.setup(args)
     start = time.time()
     os.makedirs(args.out, exist_ok=True)
     train, pretrain, test = load_task(args)
