@@ -31,6 +31,7 @@ runs on a Chainer device: ``--device/-d``; every script that trains with a Train
 ``--help``.
 """
 import argparse
+import json
 import random
 
 import numpy
@@ -191,3 +192,19 @@ def add_print_report(trainer, entries, args):
     trainer.extend(extensions.PrintReport(entries))
     if not args.no_progress:
         trainer.extend(extensions.ProgressBar())
+
+
+def write_json(path, data):
+    """Write ``data`` to ``path`` as indented JSON; numpy arrays and scalars become lists and
+    numbers. Returns ``path``."""
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1, default=_jsonable)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, numpy.ndarray):
+        return value.tolist()
+    if isinstance(value, numpy.generic):
+        return value.item()
+    raise TypeError('cannot write {!r} to JSON'.format(type(value)))

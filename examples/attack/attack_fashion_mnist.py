@@ -21,7 +21,6 @@ attacked training images, differences).
 
     python examples/attack/attack_fashion_mnist.py
 """
-import json
 import os
 import sys
 import time
@@ -258,9 +257,7 @@ def main(argv=None):
     for r in results:
         del r['_final']
     path = os.path.join(args.out, 'results.json')
-    with open(path, 'w') as f:
-        json.dump({'settings': vars(args), 'summary': summary, 'targets': results}, f, indent=1,
-                  default=_jsonable)
+    common.write_json(path, {'settings': vars(args), 'summary': summary, 'targets': results})
     print_summary(args, summary, results, path, figure)
     return summary
 
@@ -300,14 +297,6 @@ def print_summary(args, summary, results, path, figure):
               summary['mean_images_changed_when_successful'],
               summary['mean_rest_accuracy_change'], summary['max_rest_accuracy_drop']))
     print('wall time {:.0f} s; {} and {}'.format(summary['wall_time_s'], path, figure))
-
-
-def _jsonable(value):
-    if isinstance(value, numpy.ndarray):
-        return value.tolist()
-    if isinstance(value, numpy.generic):
-        return value.item()
-    raise TypeError('cannot write {!r} to JSON'.format(type(value)))
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ import chainer
 import chainer.functions as F
 
 import chainer_influence as ci
-from chainer_influence.rankings import to_host
+from chainer_influence.devices import to_host
 from chainer_influence.validation import LBFGSRetrainer, per_example_losses
 
 LOSS = ci.softmax_cross_entropy_loss

@@ -5,7 +5,6 @@ put the repository root there too). It builds on ``examples/common.py``, which h
 example scripts share.
 """
 import argparse
-import json
 import os
 import time
 
@@ -106,17 +105,7 @@ class Results(object):
 
     def write(self):
         self.data['wall_time_s'] = round(time.time() - self.start, 1)
-        with open(self.path('results.json'), 'w') as f:
-            json.dump(self.data, f, indent=1, default=_jsonable)
-        return self.path('results.json')
-
-
-def _jsonable(value):
-    if isinstance(value, numpy.ndarray):
-        return value.tolist()
-    if isinstance(value, numpy.generic):
-        return value.item()
-    raise TypeError('cannot write {!r} to JSON'.format(type(value)))
+        return shared.write_json(self.path('results.json'), self.data)
 
 
 def print_summary(title, lines, results):
