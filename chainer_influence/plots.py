@@ -352,7 +352,7 @@ def plot_perturbations(originals, perturbed, path, targets=None, titles=None, ep
     columns = ['original', 'attacked', 'difference']
     if targets is not None:
         columns.insert(0, 'target (test)')
-    fig = _figure(1.7 * len(columns), 2.0 * max(rows, 1))
+    fig = _figure(1.7 * len(columns), 2.2 * max(rows, 1))
     for r in range(rows):
         images = [as_image(originals[r], value_range), as_image(perturbed[r], value_range),
                   as_image(differences[r], (-epsilon, epsilon))]

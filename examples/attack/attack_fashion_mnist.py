@@ -273,7 +273,7 @@ def plot(args, attack, test, results):
         [f['x'][0] for _, f in rows],
         os.path.join(args.out, 'attack.png'),
         targets=[test[0][r['test_index']] for r, _ in rows],
-        titles=['test {} ({}): {}, K={}'.format(
+        titles=['test {} ({})\n{}, K={}'.format(
             r['test_index'], ci.CLASS_NAMES['fashion-mnist'][args.classes[r['label']]],
             'flipped' if r['success'] else 'kept', len(f['indices'])) for r, f in rows],
         epsilon=args.epsilon)
