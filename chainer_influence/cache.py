@@ -46,17 +46,20 @@ class ScoreCache(object):
         key (str): 16 hex digits identifying the inputs.
         settings (dict): JSON-able description of the key, written to ``settings.json``.
         keep (int): key directories kept in ``cache_dir`` (the most recently used).
+        part (str or None): a subfolder of the key directory for the blocks (e.g. one per MPI
+            rank: ``rank0of2``); ``settings.json`` stays in the key directory.
     """
 
-    def __init__(self, cache_dir, key, settings, keep=KEEP):
+    def __init__(self, cache_dir, key, settings, keep=KEEP, part=None):
         self.directory = None
         if cache_dir is None:
             return
-        self.directory = os.path.join(cache_dir, key)
+        root = os.path.join(cache_dir, key)
+        self.directory = os.path.join(root, part) if part else root
         os.makedirs(self.directory, exist_ok=True)
-        os.utime(self.directory)  # most recently used
+        os.utime(root)  # most recently used
         remove_stale_temporaries(self.directory)
-        path = os.path.join(self.directory, 'settings.json')
+        path = os.path.join(root, 'settings.json')
         if not os.path.exists(path):
             atomic_write(path, lambda f: f.write(
                 json.dumps(settings, sort_keys=True, indent=1, default=str).encode()))

@@ -17,6 +17,7 @@ import chainer.functions as F
 
 from chainer_influence import checks
 from chainer_influence.batches import dataset_length, get_batch, iterate_batches
+from chainer_influence.distributed import Shard, digest
 from chainer_influence.hooks import exclusive_backward
 from chainer_influence.losses import require_output_loss
 from chainer_influence.parameters import ParameterSpace
@@ -54,6 +55,9 @@ class Curvature(object):
         device: Chainer device spec the batches are sent to (see ``get_batch``).
         curvature (str): ``'hessian'`` or ``'gauss-newton'`` (needs a loss with the output-Hessian
             protocol, :class:`~chainer_influence.losses.OutputLoss`).
+        comm: a ChainerMN communicator or None. With one, ``train`` is the full training set on
+            every rank; each rank reads only its shard (``self.shard``) and every pass over the
+            data is summed across ranks, so every rank gets the same full-set products.
 
     Nothing here keeps a graph alive between calls, and the parameters' ``.grad`` is never touched.
     ``progress`` (a :class:`~chainer_influence.progress.ProgressDisplay`; on a terminal by default;
@@ -64,7 +68,7 @@ class Curvature(object):
     progress = ProgressDisplay()
 
     def __init__(self, model, loss_fn, train, params=None, weight_decay=0.0, batch_size=256,
-                 device=None, curvature='hessian'):
+                 device=None, curvature='hessian', comm=None):
         if curvature not in CURVATURES:
             raise ValueError('curvature must be one of {}, got {!r}'.format(CURVATURES, curvature))
         if curvature == 'gauss-newton':
@@ -78,6 +82,10 @@ class Curvature(object):
         self.weight_decay = self.space.per_parameter(weight_decay)
         self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.device = device
+        self.shard = Shard(self.n_train, comm)
+        if self.shard.distributed:
+            self.shard.check_same((self.n_train, digest(self.space.values())),
+                                  'the training set sizes or the parameter values')
 
     @property
     def xp(self):
@@ -111,13 +119,27 @@ class Curvature(object):
         """
         squeeze = numpy.ndim(V) == 1
         V = self.as_rows(V)
-        out = self.weight_decay * V
-        if indices is None:
-            for begin, end, batch in iterate_batches(self.train, self.batch_size, self.device):
-                out += (end - begin) / float(self.n_train) * self._batch_hvp(batch, V)
-        else:
-            out += self._batch_hvp(get_batch(self.train, indices, self.device), V)
+        out = self.weight_decay * V + self._mean_over_data(self._batch_hvp, V, indices)
         return out[0] if squeeze else out
+
+    def _mean_over_data(self, batch_product, V, indices=None):
+        """Mean of ``batch_product(batch, V)`` (a batch mean, (K, P)) over the training set, or
+        over the examples at ``indices``, with this rank's shard of them summed across ranks."""
+        out = self.xp.zeros(V.shape, dtype=V.dtype)
+        if indices is None:
+            for begin, end, batch in self._local_batches():
+                out += (end - begin) / float(self.n_train) * batch_product(batch, V)
+        else:
+            local = self.shard.local(indices) if self.shard.distributed else indices
+            if len(local):
+                batch = get_batch(self.train, local, self.device)
+                out += len(local) / float(len(indices)) * batch_product(batch, V)
+        return self.shard.allreduce_sum(out)
+
+    def _local_batches(self):
+        """``(begin, end, batch)`` over this rank's shard of the training set."""
+        return iterate_batches(self.train, self.batch_size, self.device, self.shard.begin,
+                               self.shard.end)
 
     def _batch_hvp(self, batch, V):
         if self.kind == 'gauss-newton':
@@ -282,14 +304,14 @@ class Curvature(object):
         support = numpy.zeros(self.space.size, dtype=bool)
         with chainer.using_config('train', False), chainer.using_config('enable_backprop', True), \
                 exclusive_backward():
-            for begin, end, batch in iterate_batches(self.train, self.batch_size, self.device):
+            for begin, end, batch in self._local_batches():
                 weights = self.xp.asarray(rng.standard_normal(end - begin).astype(self.dtype))
                 losses = self.loss_fn(self.model, *batch)
                 grads = chainer.grad([F.sum(losses * weights)], self.space.params)
                 flat = self.space.flatten([self.xp.zeros(p.shape, p.dtype) if g is None
                                            else g.array for g, p in zip(grads, self.space.params)])
                 support |= chainer.backend.CpuDevice().send(flat != 0)
-        return support
+        return self.shard.allreduce_sum(support.astype(numpy.int32)) > 0  # any rank's
 
 
 def lanczos_eigenvalues(matvec, start, n_iter=30):

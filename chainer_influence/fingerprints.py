@@ -58,17 +58,18 @@ def raw_arrays(dataset):
     return None
 
 
-def hash_dataset(dataset, batch_size=4096):
-    """sha1 hex digest of every example of ``dataset`` (order, dtypes, shapes and values).
+def hash_dataset(dataset, batch_size=4096, begin=0, end=None):
+    """sha1 hex digest of every example of ``dataset[begin:end]`` (order, dtypes, shapes and
+    values).
 
     Raw arrays are hashed directly; any other dataset is read once in batches (a
     :class:`~chainer_influence.batches.CheckedDataset` checks its examples on the way).
     """
     arrays = raw_arrays(dataset)
     if arrays is not None:
-        return hash_arrays(arrays, hashlib.sha1(b'arrays')).hexdigest()
+        return hash_arrays([a[begin:end] for a in arrays], hashlib.sha1(b'arrays')).hexdigest()
     digest = hashlib.sha1(b'examples')
-    for _, _, batch in iterate_batches(dataset, batch_size):
+    for _, _, batch in iterate_batches(dataset, batch_size, start=begin, stop=end):
         hash_arrays(batch, digest)
     return digest.hexdigest()
 

@@ -7,6 +7,13 @@ Removing z_i changes the test loss by about ``-influence / N``.
 Scoring streams once over the training set: the per-example gradient hook contracts each
 example's gradient with the M s_test vectors inside the backward pass, so memory does not grow
 with N and no (N, P) array is ever built.
+
+With a ChainerMN communicator (``comm=``) every rank holds the same model, the full training set
+and the same test points; each rank reads and scores only its contiguous shard of the training set,
+every pass over it (Hessian-vector products, the gradient support, K-FAC factors) is summed across
+ranks (so s_test is the same on every rank), and the (..., N) score arrays are gathered on rank 0:
+``influence`` and ``self_influence`` return them there and None on the other ranks. See
+:mod:`chainer_influence.distributed`.
 """
 import hashlib
 import json
@@ -26,6 +33,7 @@ from chainer_influence.batches import CheckedDataset, dataset_length, get_batch,
 from chainer_influence.cache import ScoreCache
 from chainer_influence.curvature import Curvature
 from chainer_influence.devices import model_device, to_host
+from chainer_influence.distributed import digest
 from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
 from chainer_influence.kfac import EKFACSolver, KFACSolver
 from chainer_influence.losses import softmax_cross_entropy_loss
@@ -34,6 +42,9 @@ from chainer_influence.progress import ProgressDisplay
 EXACT_MAX_PARAMS = 2000      # default solver: Exact up to this many tracked parameters,
 CG_MAX_TRAIN = 20000         # CG up to this many training examples, LiSSA beyond.
 SCORE_BLOCK = 8192           # training examples per cached block of scores
+# solvers whose solves, once they have factorised the curvature, read no training data (so with a
+# communicator each rank solves its own rows); the others solve every rank's rows together
+LOCAL_SOLVERS = (solvers_module.ExactSolver, KFACSolver)
 
 
 RELATIF_FLOOR = 1e-12        # self-influence floor for RelatIF, relative to the largest
@@ -138,10 +149,17 @@ class InfluenceFunctions(object):
         cache_dir (str): where s_test and score blocks are cached; None: no cache.
         progress (bool): one progress display on a terminal covering every phase (Hessian,
             factors, solve, scoring); False silences all of them, a given solver's included.
+            Rank 0 only.
         curvature (str or None): ``'hessian'`` or ``'gauss-newton'`` (J^T H_out J + weight_decay I,
             positive semi-definite; needs a loss with the output-Hessian protocol, see
             :class:`~chainer_influence.losses.OutputLoss`). None: 'hessian' when a solver is given,
             chosen with it when ``solver=None``. K-FAC and EK-FAC always work on the Gauss-Newton.
+        comm: a ChainerMN communicator, or None (one process). With one, every rank must pass the
+            same model, the FULL training set (each rank reads only its shard) and the same test
+            points, and call the same methods in the same order. Score arrays are returned on
+            rank 0 and None elsewhere; s_test, ``influence_on_params`` and
+            ``perturbation_influence`` on every rank. Cache blocks are per rank, under
+            ``cache_dir/<key>/rank<r>of<size>/``.
 
     ``solver_choice`` (a dict: solver, curvature, reason, damping, damping_rule) records what was
     used, for reports. Everything runs under ``chainer.using_config('train', False)``; the model's
@@ -155,7 +173,7 @@ class InfluenceFunctions(object):
 
     def __init__(self, model, train, loss_fn=softmax_cross_entropy_loss, solver=None,
                  weight_decay=0.0, damping=None, params=None, batch_size=256, device=None,
-                 cache_dir=None, progress=True, curvature=None):
+                 cache_dir=None, progress=True, curvature=None, comm=None):
         checks.check_model(model)
         params = checks.resolve_param_names(model, params)
         self.model = model
@@ -172,7 +190,6 @@ class InfluenceFunctions(object):
         self._damping_given = damping is not None
         self.batch_size = checks.check_positive_int(batch_size, 'batch_size')
         self.device = model_device(model, device)
-        self.progress = progress
         first = get_batch(train, [0], self.device)
         self._example_rules = self._first_example_rules(first)
         self._train_shapes = [a.shape[1:] for a in first]
@@ -181,15 +198,17 @@ class InfluenceFunctions(object):
         kind = 'hessian' if curvature is None else curvature
         self.curvature = Curvature(model, loss_fn, self._data, params=params,
                                    weight_decay=weight_decay, batch_size=batch_size,
-                                   device=self.device, curvature=kind)
-        self.curvature.progress = ProgressDisplay(progress)
+                                   device=self.device, curvature=kind, comm=comm)
+        self.shard = self.curvature.shard
+        self.progress = progress and self.shard.is_writer
+        self.curvature.progress = ProgressDisplay(self.progress)
         if solver is None:
             solver, chosen, reason = choose_solver(self.curvature, curvature)
             if chosen != kind:
                 self.curvature = Curvature(model, loss_fn, self._data, params=params,
                                            weight_decay=weight_decay, batch_size=batch_size,
-                                           device=self.device, curvature=chosen)
-                self.curvature.progress = ProgressDisplay(progress)
+                                           device=self.device, curvature=chosen, comm=comm)
+                self.curvature.progress = ProgressDisplay(self.progress)
             self._say('solver=None: using {} on the {} ({})'.format(
                 type(solver).__name__, chosen, reason))
         else:
@@ -215,7 +234,7 @@ class InfluenceFunctions(object):
             self._prepare_solver()
             cache = self._cache()
             cached = cache.load('damping', (), numpy.float64)
-            if cached is not None:
+            if self.shard.all(cached is not None):  # the rules may pass over the data
                 self._damping = float(cached)
             else:
                 rule = getattr(self.solver, 'default_damping', None)
@@ -241,7 +260,8 @@ class InfluenceFunctions(object):
     def influence(self, test, s_test=None, normalize=None):
         """(M, N) I_up,loss for every (test point, training example) pair; see module docstring.
 
-        One streaming pass over the training set; ``s_test`` (M, P) skips the solve.
+        One streaming pass over the training set (this rank's shard); ``s_test`` (M, P) skips
+        the solve. With a communicator: the (M, N) array on rank 0, None on the other ranks.
 
         ``normalize='relatif'`` (Barshan et al. 2020, RelatIF) divides column i by
         ``sqrt(self_influence_i) = sqrt(grad L(z_i)^T (H + damping I)^-1 grad L(z_i))``, so that
@@ -277,7 +297,9 @@ class InfluenceFunctions(object):
 
         scores = self._stream(prefix, block_scores, 'influence', (len(batch[0]),))
         if normalize == 'relatif':
-            scores = scores / relatif_norms(self.self_influence())
+            self_influence = self.self_influence()  # on every rank: it is collective
+            if scores is not None:  # rank 0 (or one process)
+                scores = scores / relatif_norms(self_influence)
         return scores
 
     def self_influence(self):
@@ -287,30 +309,36 @@ class InfluenceFunctions(object):
         normalize='relatif')``, reuse it). One pass over the training set: ``KFACSolver`` and
         ``EKFACSolver`` evaluate the quadratic form directly, ``ExactSolver`` factorises once;
         ``CGSolver`` and ``LiSSASolver`` solve once per training example and warn
-        (:class:`SelfInfluenceCostWarning`).
+        (:class:`SelfInfluenceCostWarning`). With a communicator: the (N,) array on rank 0, None
+        on the other ranks.
         """
         values_key = fingerprints.hash_arrays([p.array for p in self.space.params]).hexdigest()
         if self._self_influence is not None and self._self_influence[0] == values_key:
-            return self._self_influence[1].copy()
+            return _copy(self._self_influence[1])
         hook = PerSampleGradientHook(self.model, self.param_names)
         quadratic_form = getattr(self.solver, 'quadratic_form', None)
         damping = self.damping
+        self._prepare_solver()
 
         def block_scores(begin, end, train_batch):
+            if train_batch is None:  # this rank is done: it still takes part in the solves
+                self._take_part_in_solves()
+                return None
             self._backward(hook, train_batch)
             G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
             if quadratic_form is not None:  # K-FAC / EK-FAC: no solve per example
                 return quadratic_form(self.curvature, G, damping=damping)
-            return (G * self._solve(G)).sum(axis=1)
+            return (G * self._solve_rows(G)).sum(axis=1)
 
         if quadratic_form is None and not isinstance(self.solver, solvers_module.ExactSolver):
             warnings.warn('self-influence with {} solves once per training example (N={} '
                           'solves); ExactSolver factorises once, KFACSolver and EKFACSolver need '
                           'no solve'.format(type(self.solver).__name__, self.n_train),
                           SelfInfluenceCostWarning)
-        values = self._stream('self_influence_', block_scores, 'self-influence', ())
+        values = self._stream('self_influence_', block_scores, 'self-influence', (),
+                              lockstep=True)
         self._self_influence = (values_key, values)
-        return values.copy()
+        return _copy(values)
 
     def influence_on_params(self, train_indices):
         """(K, P) I_up,params = -(H + damping I)^-1 grad L(z_i): d theta / d epsilon."""
@@ -349,11 +377,11 @@ class InfluenceFunctions(object):
         cache = self._cache()
         name = 's_test_{}'.format(test_key)
         cached = cache.load(name, (len(batch[0]), self.space.size), self.curvature.dtype)
-        if cached is not None:
+        if self.shard.all(cached is not None):  # ranks solve together or not at all
             return self.space.xp.asarray(cached)
         s = self._solve(self._gradients(batch))
         _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
-        s = s.astype(self.curvature.dtype, copy=False)
+        s = self.shard.bcast(s.astype(self.curvature.dtype, copy=False))  # same bits everywhere
         cache.save(name, s)
         return s
 
@@ -388,33 +416,60 @@ class InfluenceFunctions(object):
             return
         cache = self._cache()
         arrays = cache.load_arrays('factors')
-        if arrays is not None:
+        if self.shard.all(arrays is not None):  # ranks fit together or not at all
             self.solver.factors_from_arrays(self.curvature, arrays)
         else:
             self.solver.fit(self.curvature)
             cache.save_arrays('factors', self.solver.factors_to_arrays())
         self._fitted = True
 
-    def _stream(self, prefix, block_scores, title, lead_shape):
-        """Concatenate ``block_scores`` over the training set in cached blocks: (*lead, N)."""
+    def _stream(self, prefix, block_scores, title, lead_shape, lockstep=False):
+        """Concatenate ``block_scores(begin, end, batch)`` (*lead, end - begin) over this rank's
+        shard in cached blocks; the (*lead, N) result on rank 0 (None on the other ranks).
+
+        ``lockstep``: ``block_scores`` may run collectives, so every rank calls it equally
+        often; a rank without batches left calls ``block_scores(None, None, None)``.
+        """
         cache = self._cache()
-        blocks = []
-        with self.curvature.progress.phase(title, self.n_train) as bar:
-            for begin in range(0, self.n_train, SCORE_BLOCK):
-                end = min(begin + SCORE_BLOCK, self.n_train)
-                name = '{}{}_{}'.format(prefix, begin, end)
-                block = cache.load(name, lead_shape + (end - begin,), self.curvature.dtype)
-                if block is None:
-                    parts = [to_host(block_scores(b, e, batch)) for b, e, batch in
-                             self._batches(begin, end, bar)]
-                    block = numpy.concatenate(parts, axis=-1).astype(self.curvature.dtype,
-                                                                     copy=False)
-                    _check_finite(block, title + ' scores')
-                    cache.save(name, block)
-                else:
-                    bar.update(end - begin)
-                blocks.append(block)
-        return numpy.concatenate(blocks, axis=-1)
+        ranges = [(begin, min(begin + SCORE_BLOCK, self.shard.end))
+                  for begin in range(self.shard.begin, self.shard.end, SCORE_BLOCK)]
+        names = ['{}{}_{}'.format(prefix, begin, end) for begin, end in ranges]
+        blocks = [cache.load(name, lead_shape + (end - begin,), self.curvature.dtype)
+                  for name, (begin, end) in zip(names, ranges)]
+        with self.curvature.progress.phase(title, len(self.shard)) as bar:
+            bar.update(sum(e - b for (b, e), block in zip(ranges, blocks) if block is not None))
+            work = ((i, b, e, batch) for i, (begin, end) in enumerate(ranges) if blocks[i] is None
+                    for b, e, batch in self._batches(begin, end, bar))
+            parts = []
+            for item in (self.shard.lockstep(work) if lockstep else work):
+                if item is None:
+                    block_scores(None, None, None)
+                    continue
+                i, b, e, batch = item
+                parts.append(to_host(block_scores(b, e, batch)))
+                if e == ranges[i][1]:
+                    blocks[i] = numpy.concatenate(parts, axis=-1).astype(self.curvature.dtype,
+                                                                         copy=False)
+                    parts = []
+                    _check_finite(blocks[i], title + ' scores')
+                    cache.save(names[i], blocks[i])
+        return self.shard.gather_concat(numpy.concatenate(blocks, axis=-1))
+
+    def _solve_rows(self, G):
+        """(H + damping I)^-1 G for this rank's rows G (B, P). With a communicator every rank
+        calls this together: a factorising solver (Exact, K-FAC) factorises together once, then
+        solves its own rows; an iterative one (CG, LiSSA) solves all ranks' rows together."""
+        if not self.shard.distributed or isinstance(self.solver, LOCAL_SOLVERS):
+            return self._solve(G)
+        rows, offset = self.shard.allgather_rows(G)
+        return self._solve(rows)[offset:offset + len(G)]
+
+    def _take_part_in_solves(self):
+        """What a rank without rows left does while the others call :meth:`_solve_rows`: the same
+        call with no rows, so it joins their collectives (Exact's one-time factorisation, the joint
+        solve of CG and LiSSA). K-FAC's factors are fitted before the stream: nothing to do."""
+        if not isinstance(self.solver, KFACSolver):
+            self._solve_rows(self.space.xp.zeros((0, self.space.size), self.curvature.dtype))
 
     def _batches(self, begin, end, bar):
         for b, e, batch in iterate_batches(self._data, self.batch_size, self.device, begin, end):
@@ -448,6 +503,8 @@ class InfluenceFunctions(object):
         batch = get_batch(test, numpy.arange(n), self.device)
         checks.check_examples(batch, 'test set', reference=self._train_shapes,
                               **self._example_rules)
+        if self.shard.distributed:
+            self.shard.check_same(digest(*batch), 'the test points')
         return batch
 
     def _test_key(self, batch):
@@ -472,7 +529,9 @@ class InfluenceFunctions(object):
                 else:
                     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
                     key = key.hexdigest()[:16]
-            self._cache_store = ScoreCache(self._cache_dir, key, settings)
+            part = ('rank{}of{}'.format(self.shard.rank, self.shard.size)
+                    if self.shard.distributed and self._cache_dir is not None else None)
+            self._cache_store = ScoreCache(self._cache_dir, key, settings, part=part)
         return self._cache_store
 
     def _cache_settings(self):
@@ -490,12 +549,20 @@ class InfluenceFunctions(object):
             'model_functions': [call[0].rsplit('.', 1)[-1] for call in structure['functions']],
             'model_structure_sha1': sha1(structure),
             'model_values_sha1': fingerprints.hash_model_values(self.model),
-            'train_sha1': fingerprints.hash_dataset(self._data),
+            'train_sha1': self._train_sha1(),
             'n_train': self.n_train, 'params': self.param_names,
             'solver': _describe(self.solver), 'weight_decay': self.weight_decay,
             'curvature': self.curvature.kind, 'score_block': SCORE_BLOCK,
             'damping': self._damping if self._damping_given else 'default',
         }
+
+    def _train_sha1(self):
+        """The hash of every training example; with a communicator, each rank hashes its shard
+        and the rank-ordered shard hashes are hashed (the same key on every rank)."""
+        if not self.shard.distributed:
+            return fingerprints.hash_dataset(self._data)
+        local = fingerprints.hash_dataset(self._data, begin=self.shard.begin, end=self.shard.end)
+        return hashlib.sha1(json.dumps(self.shard.allgather_obj(local)).encode()).hexdigest()
 
     def _say(self, message):
         if self.progress:
@@ -523,6 +590,11 @@ def _dead_message(space, dead, shift):
             'out, pass params= without them.'.format(
                 ', '.join(names), ' (singular: weight_decay + damping = 0)' if shift == 0 else '',
                 ', here 0' if shift == 0 else ''))
+
+
+def _copy(array):
+    """A copy of ``array``, or None (the other ranks' share of a gathered result)."""
+    return None if array is None else array.copy()
 
 
 def _check_finite(array, what):

@@ -149,6 +149,18 @@ class KroneckerFactorHook(PerExampleFunctionHook):
             target[name] = target.get(name, 0) + squares
         self._batch = {}
 
+    def allreduce(self, shard):
+        """Sum this mode's statistics over the ranks of a :class:`~chainer_influence.distributed.
+        Shard` (no-op in one process); every rank must have passed over some examples."""
+        if not shard.distributed:
+            return
+        stores = [self.left, self.right, self.diagonal] if self.mode == 'factors' else [self.eigen]
+        keys = [(i, name) for i, store in enumerate(stores) for name in sorted(store)]
+        shard.check_same(keys, 'the K-FAC statistics\' layers')
+        sums = shard.allreduce_sums([stores[i][name] for i, name in keys])
+        for (i, name), total in zip(keys, sums):
+            stores[i][name] = total
+
     # ---- internals -----------------------------------------------------------------------
     def _role(self, function, index, name):
         """'weight' (Kronecker block), 'bias' (folded into its weight's block) or None."""
@@ -232,19 +244,23 @@ class KroneckerFactorHook(PerExampleFunctionHook):
 
 
 def pseudo_gradient_passes(curvature, hook, fisher, seed, progress=False, title='K-FAC'):
-    """Back-propagate pseudo output-gradients over the training set with ``hook`` active.
+    """Back-propagate pseudo output-gradients over the training set with ``hook`` active, then
+    sum the hook's statistics over the ranks of ``curvature.shard`` (each passes over its part).
 
     Per batch, the outputs f(x) are computed once; 'sampled' back-propagates one draw of
-    ``loss_fn.sample_output_gradients`` (numpy RandomState(seed), so the same seed gives the same
-    draws), 'exact' each column of ``loss_fn.output_hessian_sqrt`` in turn
-    (``hook.count_activations`` is True only for the first).
+    ``loss_fn.sample_output_gradients`` (numpy RandomState([seed, global batch index]): the same
+    seed and batch size give the same draws with any number of processes), 'exact' each column
+    of ``loss_fn.output_hessian_sqrt`` in turn (``hook.count_activations`` is True only for the
+    first). With a communicator each rank takes whole global batches.
     """
     loss_fn, model, params = curvature.loss_fn, curvature.model, curvature.space.params
-    rng = numpy.random.RandomState(seed)
+    size = curvature.batch_size
+    first, last = curvature.shard.aligned(size)
     display = getattr(curvature, 'progress', QUIET)
-    with display.phase(title, curvature.n_train, enabled=progress) as bar:
-        for begin, end, batch in iterate_batches(curvature.train, curvature.batch_size,
-                                                 curvature.device):
+    with display.phase(title, last - first, enabled=progress) as bar:
+        for begin, end, batch in iterate_batches(curvature.train, size, curvature.device,
+                                                 first, last):
+            rng = numpy.random.RandomState([seed, begin // size])
             with chainer.using_config('train', False), \
                     chainer.using_config('enable_backprop', True), hook, exclusive_backward(hook):
                 y = loss_fn.outputs(model, *batch)
@@ -263,6 +279,7 @@ def pseudo_gradient_passes(curvature, hook, fisher, seed, progress=False, title=
                     chainer.grad([y], params, grad_outputs=[chainer.Variable(g)])
                     hook.end_backward()
             bar.update(end - begin)
+    hook.allreduce(curvature.shard)
 
 
 class KFACSolver(object):
