@@ -15,6 +15,7 @@ from chainer_influence import reporting
 from chainer_influence.batches import as_tuples, dataset_length, get_batch
 from chainer_influence.cache import CacheKeyChangedWarning
 from chainer_influence.devices import to_host
+from chainer_influence.distributed import Shard, communicator_of
 from chainer_influence.end_of_training import EndOfTrainingTrigger, training_length
 from chainer_influence.files import check_writable
 from chainer_influence.influence import InfluenceFunctions, check_normalize
@@ -73,6 +74,16 @@ class InfluenceExtension(extension.Extension):
     snapshots (it reports to the log), so the log entry and snapshot of that iteration are then
     not written. A failing writer raises :class:`InfluenceWriteError` after all writers ran.
 
+    **With several processes** (ChainerMN: ``create_multi_node_optimizer``, ``scatter_dataset``)
+    it takes the communicator from the multi-node optimizer (or ``comm=``). Every rank must run it
+    (it runs on the trainer's trigger on every rank); ``train`` is the FULL training set on every
+    rank, in the order the rankings' indices refer to (not the rank's ``scatter_dataset`` part,
+    which only feeds the updater); each rank checks and scores only its contiguous shard of it.
+    Only rank 0 writes rankings, figures and ``error.json``; every rank reports the scalars. A
+    failure that only some ranks meet (e.g. a bad example in one shard) cannot be skipped, since
+    the others wait in a collective: use ``chainermn.global_except_hook.add_hook()`` so that it
+    stops every process.
+
     Training is not disturbed: everything runs under ``chainer.using_config('train', False)`` with
     ``chainer.grad``, so the parameters and their ``.grad`` are unchanged afterwards.
 
@@ -108,18 +119,20 @@ class InfluenceExtension(extension.Extension):
         normalize: None, or ``'relatif'`` to rank by RelatIF (Barshan et al. 2020): each training
             example's influence divided by the square root of its self-influence; see
             :meth:`InfluenceFunctions.influence` for the cost.
+        comm: a ChainerMN communicator; None takes the multi-node optimizer's, if any.
     """
 
     trigger = None  # replaced by an EndOfTrainingTrigger per extension
     priority = extension.PRIORITY_WRITER  # report before LogReport reads the observation
     name = 'InfluenceExtension'
     uses_curvature = True  # initialize checks double backprop and reads the weight decay
+    shards_training_set = True  # with a communicator, each rank takes its shard (see above)
 
     def __init__(self, train, test, test_indices=None, top_k=10, solver=None, loss_fn=None,
                  params=None, damping=None, weight_decay=None, out='influence', writers=None,
                  plot=True, self_influence=False, class_names=None, batch_size=256, cache=True,
                  progress=True, on_error='warn', value_range=None, keys=None, curvature=None,
-                 normalize=None):
+                 normalize=None, comm=None):
         check_normalize(normalize)
         if on_error not in ON_ERROR:
             raise ValueError('on_error must be one of {}, got {!r}'.format(ON_ERROR, on_error))
@@ -144,6 +157,7 @@ class InfluenceExtension(extension.Extension):
         self.value_range = value_range
         self.keys = keys
         self.normalize = normalize
+        self.comm = comm
         self.trigger = EndOfTrainingTrigger()
         self.report = None  # the last InfluenceReport
         self.failures = []  # failure records of the last run (see report_files.failure)
@@ -163,6 +177,8 @@ class InfluenceExtension(extension.Extension):
         test = as_tuples(self.test, self.keys, label_key)
         n_train = dataset_length(train, 'training set')
         n_test = dataset_length(test, 'test set')
+        comm = self.comm if self.comm is not None else communicator_of(optimizer)
+        shard = Shard(n_train, comm if self.shards_training_set else None)
         test_indices = (numpy.arange(min(10, n_test)) if self.test_indices is None else
                         checks.check_indices(self.test_indices, n_test, 'test_indices'))
         sample = get_batch(train, range(min(4, n_train)))
@@ -173,12 +189,13 @@ class InfluenceExtension(extension.Extension):
             check_twice_differentiable(model, loss_fn, sample, params)
         labels = _label_kind(loss_fn)
         train_shapes = [a.shape[1:] for a in sample]
-        train_labels = self._check_training_set(train, n_train, labels, n_outputs, model)
+        train_labels = self._check_training_set(train, shard, labels, n_outputs, model)
         test_batch = get_batch(test, test_indices)
         self._check_examples(test_batch, 'test set', labels, n_outputs, model, train_shapes,
                              indices=test_indices)
         self._check_class_names(labels, n_outputs)
-        check_writable(os.path.join(trainer.out, self.out))
+        if shard.is_writer:
+            check_writable(os.path.join(trainer.out, self.out))
         images = self.plot and _images_drawable(sample[0][0])
         if self.plot and not images:
             warnings.warn('the inputs of shape {} cannot be drawn as images: the figures show '
@@ -187,7 +204,7 @@ class InfluenceExtension(extension.Extension):
         self._setup = {
             'model': model, 'optimizer': optimizer, 'params': params, 'train': train,
             'test': test, 'test_indices': test_indices, 'loss_fn': loss_fn, 'labels': labels,
-            'train_labels': train_labels, 'images': images,
+            'train_labels': train_labels, 'images': images, 'shard': shard,
             'weight_decay': (self._read_weight_decay(optimizer, params, warn=True)
                              if self.uses_curvature else None),
         }
@@ -201,15 +218,16 @@ class InfluenceExtension(extension.Extension):
                 'every axis but the batch axis (reduce=\'no\', then a sum or mean over the '
                 'others)'.format(len(sample[0]), losses.shape))
 
-    def _check_training_set(self, train, n_train, labels, n_outputs, model):
-        """Check every training example in chunks; returns their labels for the report (N,)."""
+    def _check_training_set(self, train, shard, labels, n_outputs, model):
+        """Check every training example of this rank's shard in chunks; returns the labels of
+        all N for the report (on rank 0; None on the others)."""
         parts = []
-        for begin in range(0, n_train, 4096):
-            batch = get_batch(train, range(begin, min(begin + 4096, n_train)))
+        for begin in range(shard.begin, shard.end, 4096):
+            batch = get_batch(train, range(begin, min(begin + 4096, shard.end)))
             self._check_examples(batch, 'training set', labels, n_outputs, model, None,
                                  first_index=begin)
             parts.append(_report_labels(batch))
-        return numpy.concatenate(parts)
+        return shard.gather_concat(numpy.concatenate(parts))
 
     def _check_examples(self, batch, what, labels, n_outputs, model, reference, **where):
         checks.check_examples(batch, what, reference=reference,
@@ -264,8 +282,8 @@ class InfluenceExtension(extension.Extension):
             if self.error_policy == 'raise':
                 raise
             return
-        dirs = [out_dir]
-        if self._keeps_history(trainer):  # a user's trigger: keep a copy
+        dirs = [out_dir] if self._setup['shard'].is_writer else []  # rank 0 writes
+        if dirs and self._keeps_history(trainer):  # a user's trigger: keep a copy
             dirs.append(os.path.join(out_dir, 'iteration_{}'.format(trainer.updater.iteration)))
         for directory in dirs:
             self.failures += report_files.write_all(self.report, directory, self._outputs())[1]
@@ -288,12 +306,13 @@ class InfluenceExtension(extension.Extension):
             weight_decay=weight_decay, damping=self.damping, params=s['params'],
             batch_size=self.batch_size, device=getattr(trainer.updater, 'device', None),
             cache_dir=cache_dir if self.cache else None, progress=self.progress,
-            curvature=self.curvature)
+            curvature=self.curvature, comm=s['shard'].comm)
         test_batch = get_batch(s['test'], s['test_indices'], calc.device)
         scores = calc.influence(test_batch, normalize=self.normalize)
         self_influence = calc.self_influence() if self.compute_self_influence else None
-        self.report = self._make_report(test_batch, scores, self_influence,
-                                        self._settings(trainer, calc, weight_decay))
+        if s['shard'].is_writer:  # the scores were gathered there; other ranks hold None
+            self.report = self._make_report(test_batch, scores, self_influence,
+                                            self._settings(trainer, calc, weight_decay))
         return _solver_values(calc.solver)
 
     def _keeps_history(self, trainer):
@@ -314,6 +333,8 @@ class InfluenceExtension(extension.Extension):
         """Report ``values`` (and ``failed``); on failures, warn and write error.json."""
         values.setdefault(self.out + '/failed', 0.0)
         reporter.report(values)
+        if not self._setup['shard'].is_writer:
+            return
         if not self.failures:
             report_files.remove_error(out_dir)  # from an earlier run; this one succeeded
             return
@@ -394,8 +415,8 @@ class InfluenceExtension(extension.Extension):
 
     def _values(self, values, seconds):
         """``values`` from :meth:`_compute` with time and sizes, under ``<out>/``."""
-        values = dict(values, time=seconds, n_test=len(self.report.test_indices),
-                      n_train=self.report.scores.shape[1])
+        values = dict(values, time=seconds, n_test=len(self._setup['test_indices']),
+                      n_train=self._setup['shard'].n)  # every rank; the report is on rank 0
         return {self.out + '/' + key: value for key, value in values.items()}
 
 

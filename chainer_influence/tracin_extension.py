@@ -55,6 +55,7 @@ class TracInExtension(InfluenceExtension):
     trigger = 1, 'epoch'
     name = 'TracInExtension'
     uses_curvature = False
+    shards_training_set = False  # one process computes it all (no communicator support yet)
 
     def __init__(self, train, test, test_indices=None, top_k=10, loss_fn=None, params=None,
                  lr=None, out='tracin', writers=None, plot=True, class_names=None,
