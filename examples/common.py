@@ -164,14 +164,15 @@ def make_optimizer(model, args):
     return optimizer
 
 
-def make_trainer(model, train, test, args, device, optimizer=None, eval_batchsize=1000):
+def make_trainer(model, train, test, args, device, optimizer=None, eval_batchsize=1000,
+                 log=True):
     """A ``Trainer`` for ``args.epoch`` epochs writing into ``args.out``.
 
     Minibatches of ``args.batchsize`` in an order drawn from ``args.seed``
     (:func:`make_order_sampler`), the ``optimizer`` (default: :func:`make_optimizer`), an
     ``Evaluator`` on ``test`` in batches of ``eval_batchsize`` (none when ``test`` is None, e.g.
-    to add a multi-node one yourself) and a ``LogReport``. Add the reporting extensions with
-    :func:`add_print_report` after your own ones.
+    to add a multi-node one yourself) and, with ``log`` (False on ChainerMN's non-zero ranks), a
+    ``LogReport``. Add the reporting extensions with :func:`add_print_report` after your own ones.
     """
     if optimizer is None:
         optimizer = make_optimizer(model, args)
@@ -183,7 +184,8 @@ def make_trainer(model, train, test, args, device, optimizer=None, eval_batchsiz
         test_iter = chainer.iterators.SerialIterator(test, eval_batchsize, repeat=False,
                                                      shuffle=False)
         trainer.extend(extensions.Evaluator(test_iter, model, device=device))
-    trainer.extend(extensions.LogReport())
+    if log:
+        trainer.extend(extensions.LogReport())
     return trainer
 
 

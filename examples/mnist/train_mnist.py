@@ -66,8 +66,9 @@ class CNN(chainer.Chain):
 ARCHS = {'logreg': LogisticRegression, 'mlp': MLP, 'cnn': CNN}
 
 
-def parse_args(argv=None):
-    parser = common.make_parser(__doc__, out='result/mnist')
+def make_parser(description=__doc__, out='result/mnist'):
+    """The flags of this script (train_mnist_mn.py adds its own to them)."""
+    parser = common.make_parser(description, out=out)
     data = common.add_data_arguments(
         parser, 'folder with the Fashion-MNIST IDX files (None: '
         '/usr/share/datasets/fashion-mnist/)', n_train=60000)
@@ -97,7 +98,11 @@ def parse_args(argv=None):
     influence.add_argument('--tracin', action='store_true',
                            help='also rank by TracIn, accumulated online at the end of every '
                                 'epoch (same parameters as influence), under <out>/tracin/')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return make_parser().parse_args(argv)
 
 
 def load(args):
