@@ -13,9 +13,9 @@ and the communication share (collective time / wall time, slowest rank).
 
     python benchmarks/distributed.py --processes 1 2 --out result/distributed.json
 
-Workload: a 784-100-100-10 MLP (all 89,610 parameters, float32) on Fashion-MNIST training images
+Workload: benchmarks/run.py's 784-100-100-10 MLP (all 89,610 parameters, float32) on Fashion-MNIST training images
 (``--n-train``), 10 test points (scoring contracts with 10 s_test vectors); the HVP runs on the
-last layer only (``/fc/W``, ``/fc/b``: 1,010 parameters, as the examples do for the Hessian).
+last layer only (``/l3/W``, ``/l3/b``: 1,010 parameters, as the examples do for the Hessian).
 """
 import argparse
 import json
@@ -33,9 +33,9 @@ sys.path.insert(0, ROOT)
 
 def worker(args):
     import chainer
-    import chainer.functions as F
-    import chainer.links as L
     import chainermn
+
+    from benchmarks.run import MLP
 
     import chainer_influence as ci
 
@@ -45,24 +45,13 @@ def worker(args):
     test = chainer.dataset.concat_examples(test[:10])
     numpy.random.seed(0)
 
-    class MLP(chainer.Chain):
-        def __init__(self):
-            super().__init__()
-            with self.init_scope():
-                self.l1 = L.Linear(784, 100)
-                self.l2 = L.Linear(100, 100)
-                self.fc = L.Linear(100, 10)
-
-        def forward(self, x):
-            return self.fc(F.relu(self.l2(F.relu(self.l1(x)))))
-
     model = MLP()
     calc = ci.InfluenceFunctions(model, train, solver=ci.EKFACSolver(progress=False), damping=1e-3,
                                  batch_size=args.batch_size, progress=False, comm=comm)
     s_test = numpy.random.RandomState(0).standard_normal((10, calc.space.size)).astype(
         numpy.float32)
     last = ci.InfluenceFunctions(model, train, solver=ci.CGSolver(), damping=1e-3,
-                                 params=['/fc/W', '/fc/b'], batch_size=args.batch_size,
+                                 params=['/l3/W', '/l3/b'], batch_size=args.batch_size,
                                  progress=False, comm=comm)
     V = numpy.random.RandomState(1).standard_normal((10, last.space.size)).astype(numpy.float32)
     results = {}

@@ -134,29 +134,6 @@ class Shard(object):
         first, last = shard_range(n_blocks, self.rank, self.size)
         return first * block, min(last * block, self.n)
 
-    def allreduce_sums(self, arrays):
-        """:meth:`allreduce_sum` of each array of a list, in one collective (numpy or cupy)."""
-        if self.comm is None or not arrays:
-            return list(arrays)
-        hosts = [to_host(a) for a in arrays]
-        dtype = numpy.result_type(*hosts)
-        flat = self.allreduce_sum(numpy.concatenate([h.astype(dtype).ravel() for h in hosts]))
-        ends = numpy.cumsum([h.size for h in hosts])
-        return [_like(flat[end - h.size:end].reshape(h.shape).astype(h.dtype), a)
-                for h, end, a in zip(hosts, ends, arrays)]
-
-    def aligned(self, block):
-        """This rank's ``(begin, end)`` when ranks take whole global blocks of ``block`` examples
-        ([k block, (k + 1) block)), for passes whose random draws are keyed by block; raises when
-        some rank would get none."""
-        n_blocks = -(-self.n // block)
-        if n_blocks < self.size:
-            raise ValueError('{} batches of {} examples cannot be shared by {} processes: use a '
-                             'batch_size of at most {}'.format(n_blocks, block, self.size,
-                                                               self.n // self.size))
-        first, last = shard_range(n_blocks, self.rank, self.size)
-        return first * block, min(last * block, self.n)
-
     def bcast(self, array):
         """Rank 0's ``array`` (numpy or cupy) on every rank; other ranks' shapes must agree."""
         if self.comm is None:

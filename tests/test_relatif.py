@@ -59,9 +59,9 @@ def test_self_influence_is_computed_once(mlp_problem, monkeypatch):
     passes = []
     original = influence_module.InfluenceFunctions._stream
 
-    def counting(self, prefix, block_scores, title, *args):
+    def counting(self, prefix, block_scores, title, *args, **kwargs):
         passes.append(title)
-        return original(self, prefix, block_scores, title, *args)
+        return original(self, prefix, block_scores, title, *args, **kwargs)
 
     monkeypatch.setattr(influence_module.InfluenceFunctions, '_stream', counting)
     first = calc.influence((tests[0][:1], tests[1][:1]), normalize='relatif')
