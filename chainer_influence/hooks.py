@@ -70,6 +70,17 @@ def fix_deconvolution_cover_all(function, in_data):
         function._set_cover_all(in_data[0].shape, in_data[1].shape)
 
 
+def check_per_example_losses(losses):
+    """Raise unless ``losses`` is a chainer.Variable of per-example losses (B,)."""
+    if not isinstance(losses, chainer.Variable):
+        raise TypeError('losses must be a chainer.Variable, got {}'.format(type(losses)))
+    if losses.ndim != 1:
+        raise ValueError(
+            'the loss function must return per-example losses of shape (B,), got shape {}: '
+            'reduce every axis but the batch axis (e.g. reduce=\'no\' for a mean loss, then '
+            'F.mean(..., axis=1) for a (B, 1) sigmoid output)'.format(losses.shape))
+
+
 def tracked_name(node, name_of):
     """The tracked parameter behind a function's input ``node``, directly or through reshapes, as
     ``name_of[id(parameter)]``; else None."""
@@ -91,6 +102,12 @@ class PerExampleFunctionHook(chainer.FunctionHook):
 
     def __init__(self):
         self.name = '{}-{}'.format(type(self).__name__, next(_instance_numbers))
+
+    def _active(self):
+        """``self`` as a context manager, or a no-op one when it is already registered."""
+        if chainer.get_function_hooks().get(self.name) is self:
+            return contextlib.nullcontext()
+        return self
 
     def _ignores_this_pass(self):
         owner = getattr(_backward_owner, 'hook', None)
@@ -176,13 +193,7 @@ class PerSampleGradientHook(PerExampleFunctionHook):
     # ---- the backward pass -------------------------------------------------------------
     def backward(self, losses):
         """Back-propagate ``sum(losses)`` for per-example losses (B,) with this hook active."""
-        if not isinstance(losses, chainer.Variable):
-            raise TypeError('losses must be a chainer.Variable, got {}'.format(type(losses)))
-        if losses.ndim != 1:
-            raise ValueError(
-                'the loss function must return per-example losses of shape (B,), got shape {}: '
-                'reduce every axis but the batch axis (e.g. reduce=\'no\' for a mean loss, then '
-                'F.mean(..., axis=1) for a (B, 1) sigmoid output)'.format(losses.shape))
+        check_per_example_losses(losses)
         with self._active(), exclusive_backward(self):
             self._start(losses.shape[0], losses.dtype)
             batch_grads = chainer.grad([F.sum(losses)], self.space.params)
@@ -209,11 +220,6 @@ class PerSampleGradientHook(PerExampleFunctionHook):
                 if name not in self.gradients:
                     self.gradients[name] = self.space.xp.zeros(
                         (self._batch_size,) + p.shape, dtype=p.dtype)
-
-    def _active(self):
-        if chainer.get_function_hooks().get(self.name) is self:
-            return contextlib.nullcontext()
-        return self
 
     def _check_sums(self, batch_grads):
         """Per-example results must add up to the batch gradient, or the rules missed a path."""

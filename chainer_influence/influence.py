@@ -307,7 +307,9 @@ class InfluenceFunctions(object):
 
         Computed once per parameter values and kept (later calls, and ``influence(...,
         normalize='relatif')``, reuse it). One pass over the training set: ``KFACSolver`` and
-        ``EKFACSolver`` evaluate the quadratic form directly, ``ExactSolver`` factorises once;
+        ``EKFACSolver`` evaluate the quadratic form inside the backward pass
+        (``quadratic_form_hook``: about one batched backward, no per-example gradients),
+        ``ExactSolver`` factorises once;
         ``CGSolver`` and ``LiSSASolver`` solve once per training example and warn
         (:class:`SelfInfluenceCostWarning`). With a communicator: the (N,) array on rank 0, None
         on the other ranks.
@@ -315,28 +317,35 @@ class InfluenceFunctions(object):
         values_key = fingerprints.hash_arrays([p.array for p in self.space.params]).hexdigest()
         if self._self_influence is not None and self._self_influence[0] == values_key:
             return _copy(self._self_influence[1])
-        hook = PerSampleGradientHook(self.model, self.param_names)
-        quadratic_form = getattr(self.solver, 'quadratic_form', None)
         damping = self.damping
         self._prepare_solver()
+        quadratic_form_hook = getattr(self.solver, 'quadratic_form_hook', None)
+        if quadratic_form_hook is not None:  # K-FAC / EK-FAC: no solve, no (B, P) gradients
+            hook = quadratic_form_hook(self.curvature, damping=damping)
 
-        def block_scores(begin, end, train_batch):
-            if train_batch is None:  # this rank is done: it still takes part in the solves
-                self._take_part_in_solves()
-                return None
-            self._backward(hook, train_batch)
-            G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
-            if quadratic_form is not None:  # K-FAC / EK-FAC: no solve per example
-                return quadratic_form(self.curvature, G, damping=damping)
-            return (G * self._solve_rows(G)).sum(axis=1)
+            def block_scores(begin, end, train_batch):
+                self._backward(hook, train_batch)
+                return hook.values
 
-        if quadratic_form is None and not isinstance(self.solver, solvers_module.ExactSolver):
-            warnings.warn('self-influence with {} solves once per training example (N={} '
-                          'solves); ExactSolver factorises once, KFACSolver and EKFACSolver need '
-                          'no solve'.format(type(self.solver).__name__, self.n_train),
-                          SelfInfluenceCostWarning)
-        values = self._stream('self_influence_', block_scores, 'self-influence', (),
-                              lockstep=True)
+            values = self._stream('self_influence_', block_scores, 'self-influence', ())
+        else:
+            hook = PerSampleGradientHook(self.model, self.param_names)
+            if not isinstance(self.solver, solvers_module.ExactSolver):
+                warnings.warn('self-influence with {} solves once per training example (N={} '
+                              'solves); ExactSolver factorises once, KFACSolver and EKFACSolver '
+                              'need no solve'.format(type(self.solver).__name__, self.n_train),
+                              SelfInfluenceCostWarning)
+
+            def block_scores(begin, end, train_batch):
+                if train_batch is None:  # this rank is done: it still takes part in the solves
+                    self._take_part_in_solves()
+                    return None
+                self._backward(hook, train_batch)
+                G = self.space.flatten(hook.gradients, lead_shape=(end - begin,))
+                return (G * self._solve_rows(G)).sum(axis=1)
+
+            values = self._stream('self_influence_', block_scores, 'self-influence', (),
+                                  lockstep=True)
         self._self_influence = (values_key, values)
         return _copy(values)
 

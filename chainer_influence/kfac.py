@@ -32,6 +32,7 @@ import time
 import numpy
 
 import chainer
+import chainer.functions as F
 from chainer.functions.array.reshape import Reshape
 from chainer.functions.connection.convolution_2d import Convolution2DFunction
 from chainer.functions.connection.deconvolution_2d import Deconvolution2DFunction
@@ -42,11 +43,13 @@ from chainer_influence import gradient_rules
 from chainer_influence.batches import iterate_batches
 from chainer_influence.curvature import DAMPING_FLOOR, DAMPING_FRACTION
 from chainer_influence.curvature import NotPositiveDefiniteError
-from chainer_influence.hooks import PerExampleFunctionHook, exclusive_backward, tracked_name
+from chainer_influence.hooks import PerExampleFunctionHook, check_per_example_losses
+from chainer_influence.hooks import exclusive_backward, tracked_name
 from chainer_influence.losses import require_output_loss
 from chainer_influence.progress import QUIET
 
 FISHER_KINDS = ('sampled', 'exact')
+CHUNK_BYTES = 64 * 2 ** 20   # per-example K-FAC work runs on chunks of examples of about this size
 
 
 def _xp(a):
@@ -104,28 +107,69 @@ class Block(object):
 
 
 class KroneckerFactorHook(PerExampleFunctionHook):
-    """Collects K-FAC statistics while pseudo output-gradients are back-propagated.
+    """Reads K-FAC statistics off the per-example gradients of backward passes.
 
-    ``mode='factors'``: Kronecker factors (sums of u u^T / T and w w^T) per layer and sums of
-    squared per-example gradients for the diagonal parameters, discovering the blocks.
-    ``mode='eigen'``: sums of squared per-example gradients rotated into given bases (EK-FAC).
-    Call :meth:`end_backward` after each backward. Sums, not means: divide by N afterwards.
+    * ``mode='factors'`` (pseudo output-gradients): Kronecker factors (sums of u u^T / T and
+      w w^T) per layer and sums of squared per-example gradients of the diagonal parameters;
+      discovers the blocks.
+    * ``mode='eigen'`` (pseudo output-gradients; ``blocks`` fitted): sums over examples of the
+      squared per-example gradients rotated into each block's basis (EK-FAC's eigenvalues).
+    * ``mode='quadratic'`` (the real per-example losses; ``blocks`` and their ``denominators``
+      d): :meth:`backward` sets ``values`` (B,) to sum over the blocks of sum (rotated g_b)^2 / d,
+      i.e. g_b^T (G + shift I)^-1 g_b (self-influence).
+
+    The (rows, cols) per-example gradient sum_t u_t w_t^T of a Kronecker block is never built
+    when T = 1 (then its rotation is the outer product of u' = Q_L^T u and w' = Q_R^T w, and its
+    square that of u'^2 and w'^2); for T > 1 it is built for chunks of about ``CHUNK_BYTES``. In
+    the 'eigen' and 'quadratic' modes the uses of a weight are gathered until :meth:`end_backward`
+    (a weight used twice has the sum of both as its gradient). Call :meth:`end_backward` after
+    each backward (:meth:`backward` does). Sums, not means: divide by N afterwards.
+
+    Args:
+        space (ParameterSpace): the tracked parameters.
+        mode (str): 'factors', 'eigen' or 'quadratic'.
+        blocks (list): the fitted ``(Block, Q_L, Q_R, eigenvalues)`` (modes 'eigen', 'quadratic').
+        denominators (list): per block, (rows, cols) eigenvalue + shift (mode 'quadratic').
     """
 
-    def __init__(self, space):
+    def __init__(self, space, mode='factors', blocks=None, denominators=None):
         super().__init__()
         self.space = space
+        self.mode = mode
         self._name_of = {id(p): name for name, p in zip(space.names, space.params)}
         self.blocks = {}          # weight name -> Block (Kronecker blocks, discovered)
         self.folded_bias = {}     # bias name -> weight name
         self.left, self.right = {}, {}
         self.diagonal = {}        # name -> (size,) sum of squares
         self.eigen = {}           # weight name -> (rows, cols) sum of squares in the eigenbasis
-        self.bases = {}           # weight name -> (Q_L or None, Q_R), for mode 'eigen'
-        self.mode = 'factors'
+        self.bases = {}           # weight name -> (Q_L or None, Q_R)
+        self.inverse = {}         # weight name -> (rows, cols), diagonal name -> (size,): 1 / d
+        self.values = None        # mode 'quadratic': (B,) float64
         self.batch_size = None
         self.count_activations = True
-        self._batch = {}
+        self._batch = {}          # diagonal name -> (B, size) per-example gradient
+        self._pending = {}        # weight name -> [(function, in_data, out_grad)] of a backward
+        for i, (block, QL, QR, _) in enumerate(blocks or ()):
+            d = None if denominators is None else denominators[i]
+            if block.kronecker:
+                self.blocks[block.names[0]] = block
+                self.folded_bias.update((bias, block.names[0]) for bias in block.names[1:])
+                self.bases[block.names[0]] = (QL, QR)
+                if d is not None:
+                    self.inverse[block.names[0]] = 1 / d
+            elif d is not None:
+                self.inverse[block.names[0]] = (1 / d).ravel()
+
+    def backward(self, losses):
+        """Mode 'quadratic': back-propagate ``sum(losses)`` for per-example losses (B,) and set
+        ``values`` (B,) float64."""
+        check_per_example_losses(losses)
+        with self._active(), exclusive_backward(self):
+            self.batch_size = len(losses)
+            self.values = self.space.xp.zeros(len(losses), dtype=numpy.float64)
+            chainer.grad([F.sum(losses)], self.space.params)
+            self.end_backward()
+        return self
 
     # ---- FunctionHook callbacks ----------------------------------------------------------
     def backward_postprocess(self, function, in_data, out_grad):
@@ -137,17 +181,26 @@ class KroneckerFactorHook(PerExampleFunctionHook):
                 continue
             role = self._role(function, index, name)
             if role == 'weight':
-                self._kronecker(self.blocks[name], function, in_data, out_grad)
+                use = (function, in_data, out_grad)
+                if self.mode == 'factors':
+                    self._kronecker(self.blocks[name], [use])
+                else:
+                    self._pending.setdefault(name, []).append(use)
             elif role is None:
                 self._diagonal(function, in_data, out_grad, index, name)
 
     def end_backward(self):
-        """Square and sum this backward's per-example results into the accumulators."""
-        for name, g in self._batch.items():
-            target = self.diagonal if self.mode == 'factors' else self.eigen
-            squares = (g.astype(numpy.float64) ** 2).sum(axis=0)
-            target[name] = target.get(name, 0) + squares
-        self._batch = {}
+        """Fold this backward's per-example results into the accumulators."""
+        pending, self._pending = self._pending, {}
+        for name, uses in pending.items():
+            self._kronecker(self.blocks[name], uses)
+        batch, self._batch = self._batch, {}
+        for name, g in batch.items():
+            squares = g.astype(numpy.float64) ** 2
+            if self.mode == 'quadratic':
+                self.values += squares.dot(self.inverse[name])
+            else:
+                self.diagonal[name] = self.diagonal.get(name, 0) + squares.sum(axis=0)
 
     def allreduce(self, shard):
         """Sum this mode's statistics over the ranks of a :class:`~chainer_influence.distributed.
@@ -189,8 +242,8 @@ class KroneckerFactorHook(PerExampleFunctionHook):
         names = [weight] + ([] if bias is None else [bias])
         if block is None:
             if self.mode != 'factors':
-                raise RuntimeError('the model used parameter {} differently in the EK-FAC '
-                                   'pass than when the factors were fitted'.format(weight))
+                raise RuntimeError('the model used parameter {} differently in this pass than '
+                                   'when the K-FAC factors were fitted'.format(weight))
             kind = type(function)
             block = Block(names, function.inputs[1].shape[0], True,
                           activation_left=kind in (Deconvolution2DFunction, EmbedIDFunction),
@@ -203,31 +256,33 @@ class KroneckerFactorHook(PerExampleFunctionHook):
                 'parameter {} is used with different biases ({} and {}); K-FAC supports a '
                 'weight shared only with the same bias'.format(weight, block.names[1:], names[1:]))
 
-    def _kronecker(self, block, function, in_data, out_grad):
-        B = self.batch_size
-        rule = gradient_rules.rule_for(function, 1)
-        u, w = rule.outer_operands(function, in_data, out_grad, B)
-        if len(block.names) > 1:  # the bias column: w = 1
-            w = _xp(w).concatenate([w, _xp(w).ones(w.shape[:2] + (1,), dtype=w.dtype)], axis=2)
-        u, w = u.astype(numpy.float64), w.astype(numpy.float64)
+    def _kronecker(self, block, uses):
+        """Fold the uses of a block's weight in one backward (one use in mode 'factors')."""
         name = block.names[0]
-        if self.mode == 'factors':
-            T = u.shape[1]
-            count_u = self.count_activations or not block.activation_left
-            count_w = self.count_activations or block.activation_left
-            if count_u:
-                u2 = u.reshape(-1, u.shape[2])
-                L = (u2 * u2).sum(axis=0) if block.left_diagonal else u2.T.dot(u2)
-                self.left[name] = self.left.get(name, 0) + L / T
-            if count_w:
-                w2 = w.reshape(-1, w.shape[2])
-                self.right[name] = self.right.get(name, 0) + w2.T.dot(w2)
-            return
-        QL, QR = self.bases[name]
-        if QL is not None:
-            u = u.dot(QL)
-        projected = _xp(u).matmul(u.transpose(0, 2, 1), w.dot(QR))  # (B, rows, cols)
-        self._batch[name] = self._batch.get(name, 0) + projected
+        # the factors and EK-FAC's eigenvalues in float64; self-influence, whose values are
+        # returned in the model's dtype, in that dtype (at least float32)
+        dtype = None if self.mode == 'quadratic' else numpy.float64
+        for begin, end, u, w in _chunked_operands(block, uses, self.batch_size, dtype):
+            if self.mode == 'factors':
+                self._add_factors(block, u, w)
+                continue
+            QL, QR = self.bases[name]
+            rotated = _rotated_gradients(u, w, QL, QR)
+            if self.mode == 'eigen':
+                self.eigen[name] = self.eigen.get(name, 0) + _sum_of_squares(rotated)
+            else:
+                self.values[begin:end] += _weighted_squares(rotated, self.inverse[name])
+
+    def _add_factors(self, block, u, w):
+        name = block.names[0]
+        T = u.shape[1]
+        if self.count_activations or not block.activation_left:
+            u2 = u.reshape(-1, u.shape[2])
+            L = (u2 * u2).sum(axis=0) if block.left_diagonal else u2.T.dot(u2)
+            self.left[name] = self.left.get(name, 0) + L / T
+        if self.count_activations or block.activation_left:
+            w2 = w.reshape(-1, w.shape[2])
+            self.right[name] = self.right.get(name, 0) + w2.T.dot(w2)
 
     def _diagonal(self, function, in_data, out_grad, index, name):
         if name in self.blocks or name in self.folded_bias:
@@ -235,12 +290,99 @@ class KroneckerFactorHook(PerExampleFunctionHook):
                 'parameter {} reaches the loss both through a {} layer and through {}; K-FAC does '
                 'not support that: exclude it with params=[...]'.format(
                     name, 'Kronecker', type(function).__name__))
-        if self.mode != 'factors':
+        if self.mode == 'eigen':
             return
         B = self.batch_size
         rule = gradient_rules.rule_for(function, index) or gradient_rules.PerExampleFallback()
         g = rule.gradient(function, in_data, out_grad, index, B).reshape(B, -1)
         self._batch[name] = self._batch.get(name, 0) + g
+
+
+def _example_slice(in_data, out_grad, B, begin, end):
+    """(in_data, out_grad) of examples begin:end of a batch of B: the first input and the first
+    output gradient (B or B * T rows, example-major) are sliced, the weight and bias kept."""
+    def part(a):
+        per = a.shape[0] // B
+        return a[begin * per:end * per]
+    return (part(in_data[0]),) + tuple(in_data[1:]), (part(out_grad[0]),) + tuple(out_grad[1:])
+
+
+def _chunked_operands(block, uses, B, dtype):
+    """(begin, end, u (c, T, rows), w (c, T, cols)) over chunks of the B examples, contiguous in
+    ``dtype`` (None: the operands' own, at least float32): the outer operands of the uses of the
+    block's weight, concatenated along T, with the bias column (w = 1) appended for a folded bias.
+    The first chunk, one example, sizes the others so that their operands (and their
+    (c, rows, cols) gradients when T > 1) take about ``CHUNK_BYTES`` in float64.
+    """
+    begin, size = 0, 1
+    while begin < B:
+        end = min(begin + size, B)
+        parts = [gradient_rules.rule_for(function, 1).outer_operands(
+            function, *_example_slice(in_data, out_grad, B, begin, end), end - begin)
+            for function, in_data, out_grad in uses]
+        u, w = (parts[0][k] if len(parts) == 1 else
+                _xp(parts[0][k]).concatenate([p[k] for p in parts], axis=1) for k in (0, 1))
+        chunk_dtype = dtype or numpy.promote_types(u.dtype, numpy.float32)
+        yield (begin, end, _contiguous(u, chunk_dtype),
+               _contiguous(w, chunk_dtype, ones_column=len(block.names) > 1))
+        if begin == 0:
+            T, rows, cols = u.shape[1], u.shape[2], w.shape[2]
+            size = max(1, CHUNK_BYTES // (8 * (T * (rows + cols) + (rows * cols if T > 1 else 0))))
+        begin = end
+
+
+def _contiguous(a, dtype, ones_column=False):
+    """A contiguous ``dtype`` copy of a (c, T, n), with a last column of ones appended (a folded
+    bias: (c, T, n + 1)) when ``ones_column``."""
+    if not ones_column:
+        return _xp(a).ascontiguousarray(a, dtype=dtype)
+    out = _xp(a).empty(a.shape[:2] + (a.shape[2] + 1,), dtype=dtype)
+    out[:, :, :-1] = a
+    out[:, :, -1] = 1
+    return out
+
+
+def _rotated_gradients(u, w, QL, QR):
+    """The per-example gradients sum_t u_t w_t^T of u (c, T, rows), w (c, T, cols) rotated to
+    Q_L^T . Q_R (Q_L None: identity), in the operands' dtype:
+    for T = 1 the factors (u Q_L, w Q_R) (c, rows), (c, cols) of the rank-one result; for T > 1
+    the (c, rows, cols) result, in the cheaper of two orders."""
+    QR = QR.astype(u.dtype, copy=False)
+    QL = None if QL is None else QL.astype(u.dtype, copy=False)
+    T, rows, cols = u.shape[1], u.shape[2], w.shape[2]
+    xp = _xp(u)
+    if T == 1:
+        u, w = u[:, 0], w[:, 0]
+        return (u if QL is None else u.dot(QL)), w.dot(QR)
+    left = 0 if QL is None else rows * rows
+    if T * (left + cols * cols) <= left * cols + rows * cols * cols:  # rotate the operands
+        if QL is not None:
+            u = xp.matmul(u, QL)
+        return xp.matmul(u.transpose(0, 2, 1), xp.matmul(w, QR))
+    return _rotate(xp.matmul(u.transpose(0, 2, 1), w), QL, QR)
+
+
+def _squares(rotated):
+    """float64 squares of :func:`_rotated_gradients`' result (a pair for T = 1)."""
+    if isinstance(rotated, tuple):
+        return tuple(a.astype(numpy.float64) ** 2 for a in rotated)
+    return rotated.astype(numpy.float64) ** 2
+
+
+def _sum_of_squares(rotated):
+    """(rows, cols) sum over the examples of the squared rotated gradients."""
+    squares = _squares(rotated)
+    if isinstance(squares, tuple):
+        return squares[0].T.dot(squares[1])
+    return squares.sum(axis=0)
+
+
+def _weighted_squares(rotated, inverse):
+    """(c,) per example, sum_jk (rotated gradient)_jk^2 inverse_jk for inverse (rows, cols)."""
+    squares = _squares(rotated)
+    if isinstance(squares, tuple):
+        return (squares[0].dot(inverse) * squares[1]).sum(axis=1)
+    return squares.reshape(len(squares), -1).dot(inverse.ravel())
 
 
 def pseudo_gradient_passes(curvature, hook, fisher, seed, progress=False, title='K-FAC'):
@@ -290,7 +432,8 @@ class KFACSolver(object):
     the training set; a second for EK-FAC) and reused for any test set and damping.
     ``fisher='exact'`` costs C times the backward passes of 'sampled' (C outputs).
 
-    Other methods: :meth:`quadratic_form` (self-influence without solves), :meth:`default_damping`,
+    Other methods: :meth:`quadratic_form` and :meth:`quadratic_form_hook` (self-influence
+    without solves), :meth:`default_damping`,
     :meth:`factors_to_arrays` / :meth:`factors_from_arrays` (the on-disk cache).
 
     diagnostics: ``fisher``, ``damping``, ``eigenvalue_min`` / ``eigenvalue_max`` of the
@@ -348,6 +491,14 @@ class KFACSolver(object):
             M = _rotate(block.gather(parts, len(G)).astype(numpy.float64), QL, QR)
             total += (M * M / d).sum(axis=(1, 2))
         return total
+
+    def quadratic_form_hook(self, curvature, damping=0.0):
+        """A hook for self-influence at the cost of one backward pass: ``hook.backward(losses)``
+        for per-example losses (B,) sets ``hook.values`` (B,) float64 to :meth:`quadratic_form`
+        of their per-example gradients, without building them (see
+        :class:`KroneckerFactorHook`, mode 'quadratic')."""
+        denominators = self._denominators(curvature, damping)
+        return KroneckerFactorHook(curvature.space, 'quadratic', self._blocks, denominators)
 
     def eigenvalues(self, curvature):
         """All P eigenvalues of the approximation (without weight decay or damping), flat."""
@@ -447,9 +598,9 @@ class KFACSolver(object):
             if name not in folded:  # never reached: zero curvature
                 diag = hook.diagonal.get(name, xp.zeros(size, dtype=numpy.float64)) / n
                 blocks.append((Block([name], 1, False), None, None, diag.reshape(1, size)))
-        return self._correct(curvature, hook, blocks)
+        return self._correct(curvature, blocks)
 
-    def _correct(self, curvature, hook, blocks):
+    def _correct(self, curvature, blocks):
         """K-FAC keeps the Kronecker eigenvalues; EK-FAC overrides this."""
         return blocks
 
@@ -462,9 +613,8 @@ class EKFACSolver(KFACSolver):
 
     kind = 'ekfac'
 
-    def _correct(self, curvature, hook, blocks):
-        hook.mode = 'eigen'
-        hook.bases = {block.names[0]: (QL, QR) for block, QL, QR, _ in blocks if block.kronecker}
+    def _correct(self, curvature, blocks):
+        hook = KroneckerFactorHook(curvature.space, 'eigen', blocks)
         pseudo_gradient_passes(curvature, hook, self.fisher, self.seed, self.progress,
                                'EK-FAC eigenvalues')
         n = float(curvature.n_train)

@@ -15,6 +15,7 @@ import chainer.links as L
 
 import chainer_influence as ci
 from chainer_influence.curvature import Curvature
+from chainer_influence import kfac
 from chainer_influence.kfac import symmetric_eigh
 from chainer_influence.retraining import fit_lbfgs
 
@@ -376,3 +377,55 @@ def test_per_parameter_weight_decay():
     want = eigenvalues.ravel() + numpy.diag((Q.T * rates.ravel()).dot(Q)) + 0.1
     numpy.testing.assert_allclose(solver._denominators(curvature, 0.1)[0].ravel(), want,
                                   rtol=1e-12)
+
+
+class SharedNet(chainer.Chain):
+    """One Linear 4->4 (with bias) applied twice, then Linear 4->3: a weight with two uses."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.shared = L.Linear(4, 4)
+            self.out = L.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(F.tanh(self.shared(F.tanh(self.shared(x)))))
+
+
+def shared_problem(n=7):
+    rng = numpy.random.RandomState(2)
+    numpy.random.seed(0)  # Chainer's initializers
+    with chainer.using_config('dtype', numpy.float64):
+        model = SharedNet()
+    x = rng.standard_normal((n, 4))
+    model(x[:1])
+    return model, (x, rng.randint(0, 3, n).astype(numpy.int32))
+
+
+@pytest.mark.parametrize('chunk_bytes', [None, 1])  # 1: one example per chunk
+@pytest.mark.parametrize('make', [conv_problem, embed_problem, shared_problem])
+@pytest.mark.parametrize('solver_class', [ci.KFACSolver, ci.EKFACSolver])
+def test_one_pass_self_influence_equals_the_quadratic_form_of_gradients(
+        make, solver_class, chunk_bytes, monkeypatch):
+    """self_influence (quadratic_form_hook: no per-example gradients) == quadratic_form on the
+    per-example gradients, with folded and unfolded biases, BN/Scale/Bias, EmbedID, conv, deconv,
+    n_batch_axes=2, a shared weight and per-parameter weight decay; the EK-FAC eigenvalues do not
+    depend on the chunking."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(kfac, 'CHUNK_BYTES', chunk_bytes)
+    model, batch = make()
+    space = ci.ParameterSpace(model)
+    decay = {name: 1e-3 * (i + 1) for i, name in enumerate(space.names) if i % 3}
+    calc = ci.InfluenceFunctions(model, batch, solver=solver_class(fisher='exact', progress=False),
+                                 weight_decay=decay, damping=0.05, batch_size=3, progress=False)
+    got = calc.self_influence()
+    with chainer.using_config('train', False):
+        G = ci.per_sample_gradients(model, LOSS, batch, flat=True)
+    want = calc.solver.quadratic_form(calc.curvature, G, damping=0.05)
+    numpy.testing.assert_allclose(got, want, rtol=1e-10)
+    assert (want > 0).all()
+    if chunk_bytes is not None:  # the EK-FAC eigenvalues, fitted in chunks of one example
+        monkeypatch.setattr(kfac, 'CHUNK_BYTES', 64 * 2 ** 20)
+        reference = solver_class(fisher='exact', progress=False).eigenvalues(calc.curvature)
+        numpy.testing.assert_allclose(calc.solver.eigenvalues(calc.curvature), reference,
+                                      rtol=1e-10, atol=1e-14 * reference.max())
