@@ -33,11 +33,11 @@ except ImportError:  # run as a script from the repository root
 SOLVERS = {'ekfac': ci.EKFACSolver, 'kfac': ci.KFACSolver}
 
 
-def measure(name, n, n_test, solver_class, batch_size, repeats, seed=0):
+def measure(name, n, n_test, solver_class, batch_size, repeats, random_data=False, seed=0):
     """{phase: seconds} (minima over ``repeats``) and {phase: ratio to the epoch} for one model."""
     numpy.random.seed(seed)  # Chainer's initialisers
     model = MODELS[name]()
-    (x, t), (x_test, t_test), source = load_data(n, n_test, seed=seed)
+    (x, t), (x_test, t_test), source = load_data(n, n_test, random_data=random_data, seed=seed)
     x, x_test = (a.reshape((-1,) + model.INPUT_SHAPE) for a in (x, x_test))
     train, test = TupleDataset(x, t), (x_test, t_test)
     optimizer = chainer.optimizers.MomentumSGD(lr=0.0)  # lr 0: the weights stay as they are
@@ -69,13 +69,15 @@ def main(argv=None):
     parser.add_argument('--solver', choices=sorted(SOLVERS), default='ekfac')
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--random-data', action='store_true',
+                        help='random data even when Fashion-MNIST is installed')
     parser.add_argument('--out', default=None, help='JSON output file')
     args = parser.parse_args(argv)
     sizes = args.n * len(args.models) if len(args.n) == 1 else args.n
     results = {}
     for name, n in zip(args.models, sizes):
         results[name] = measure(name, n, 100, SOLVERS[args.solver], args.batch_size,
-                                args.repeats)
+                                args.repeats, args.random_data)
         r = results[name]
         print('{} N={} ({}): epoch {:.3f} s; {}'.format(
             name, n, r['source'], r['times_s']['epoch'], ', '.join(

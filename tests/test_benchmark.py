@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/run.py on a tiny N: the JSON has the documented keys and positive times.
+"""Smoke tests of benchmarks/run.py and benchmarks/kfac_speed.py on a tiny N: the JSON has the
+documented keys and positive times.
 
 No timing assertions: the numbers of a tiny run on a shared machine mean nothing.
 """
@@ -9,7 +10,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # spawned memory workers import benchmarks.run through this path too
 
-from benchmarks import run  # NOQA: E402
+from benchmarks import kfac_speed, run  # NOQA: E402
 
 MODEL_KEYS = {'architecture', 'n_params', 'times_s', 'extrapolated', 'solvers', 'naive_check',
               'memory', 'profile', 'ratios', 'targets'}
@@ -39,3 +40,16 @@ def test_tiny_run_writes_documented_json(tmp_path, capsys):
         check = section['naive_check']
         assert check['max_abs_diff'] <= 1e-3 * (1 + check['max_abs_score'])
     assert 'b1: influence' in capsys.readouterr().out
+
+
+def test_kfac_speed_tiny_run(tmp_path):
+    out = tmp_path / 'kfac.json'
+    kfac_speed.main(['--n', '40', '--batch-size', '16', '--repeats', '1', '--random-data',
+                     '--out', str(out)])
+    results = json.loads(out.read_text())
+    assert set(results['models']) == {'mlp', 'cnn'}
+    for section in results['models'].values():
+        assert set(section['times_s']) == {'epoch', 'fit', 'influence_100', 'self_influence',
+                                           'pipeline'}
+        assert all(value > 0 for value in section['times_s'].values())
+        assert set(section['over_epoch']) == set(section['times_s']) - {'epoch'}
