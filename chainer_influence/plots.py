@@ -119,13 +119,14 @@ def _test_title(report, r):
     title = 'test #{}\nlabel {}'.format(
         report.test_indices[r], _label_text(report, report.test_labels[r]))
     if report.predicted_labels is not None:
-        title += ', pred {}'.format(_label_text(report, report.predicted_labels[r]))
+        title += '\npred {}'.format(_label_text(report, report.predicted_labels[r]))
     return title
 
 
 def _tile_title(report, j, score):
-    """Training index, label and score: everything a tile needs, on two short lines."""
-    return '#{} ({})\n{:+.2g}'.format(int(j), _label_text(report, report.train_labels[j]), score)
+    """Training index, label and score: everything a tile needs, on three short lines (a class
+    name as wide as the tile would run into its neighbour's title on one line)."""
+    return '#{}\n{}\n{:+.2g}'.format(int(j), _label_text(report, report.train_labels[j]), score)
 
 
 def plot_top_influential(report, test_images, train_images, path, n_show=None,
@@ -194,7 +195,7 @@ def _ranked_grid(rows, test_images, train_images, path, value_range):
             _sample_inputs(train_images, shown).ravel(),
             _sample_inputs(test_images, tests).ravel()]))
     n_rows, cols = len(rows), 1 + 2 * k
-    fig = _figure(1.35 * cols, 1.75 * n_rows + 0.6)
+    fig = _figure(1.35 * cols, 1.95 * n_rows + 0.6)
     for r, (report, ranked, m, title) in enumerate(rows):
         ax = fig.add_subplot(n_rows, cols, r * cols + 1)
         _show(ax, as_image(_example(test_images, report.test_indices[m]), value_range), title)
@@ -204,7 +205,7 @@ def _ranked_grid(rows, test_images, train_images, path, value_range):
                 _show(ax, as_image(_example(train_images, j), value_range),
                       _tile_title(report, j, report.scores[m, j]), _COLOURS[kind])
     _legend(fig, ('helpful', 'harmful'))
-    fig.tight_layout(rect=(0, 0.6 / (1.75 * n_rows + 0.6), 1, 1))
+    fig.tight_layout(rect=(0, 0.6 / (1.95 * n_rows + 0.6), 1, 1))
     return _save(fig, path)
 
 
