@@ -400,8 +400,12 @@ class InfluenceFunctions(object):
         Where every training example's gradient is zero, H is weight_decay only and decoupled
         from the rest, so those coordinates are solved exactly (V / (weight_decay + damping), or
         0 when that is 0: they cannot change any score) and the solver gets V without them:
-        otherwise a singular block makes CG stall and pollutes the other coordinates.
+        otherwise a singular block makes CG stall and pollutes the other coordinates. K-FAC and
+        EK-FAC need no such pass (about one epoch): such a coordinate lies in a zero-eigenvalue
+        direction of their factors, divided by weight_decay + damping as above.
         """
+        if isinstance(self.solver, KFACSolver):
+            return self.solver.solve(self.curvature, V, damping=self.damping)
         dead = self._dead_coordinates()
         if dead is None:
             return self.solver.solve(self.curvature, V, damping=self.damping)
