@@ -13,9 +13,10 @@ and the communication share (collective time / wall time, slowest rank).
 
     python benchmarks/distributed.py --processes 1 2 --out result/distributed.json
 
-Workload: benchmarks/run.py's 784-100-100-10 MLP (all 89,610 parameters, float32) on Fashion-MNIST training images
-(``--n-train``), 10 test points (scoring contracts with 10 s_test vectors); the HVP runs on the
-last layer only (``/l3/W``, ``/l3/b``: 1,010 parameters, as the examples do for the Hessian).
+Workload: benchmarks/common.py's 784-100-100-10 MLP (all 89,610 parameters, float32) on
+Fashion-MNIST training images (``--n-train``), 10 test points (scoring contracts with 10 s_test
+vectors); the HVP runs on the last layer only (``/l3/W``, ``/l3/b``: 1,010 parameters, as the
+examples do for the Hessian).
 """
 import argparse
 import json
@@ -35,7 +36,7 @@ def worker(args):
     import chainer
     import chainermn
 
-    from benchmarks.run import MLP
+    from benchmarks.common import MLP
 
     import chainer_influence as ci
 

@@ -1,4 +1,5 @@
-"""Cost of the EK-FAC (or K-FAC) pipeline against a training epoch, on benchmarks/run.py's models.
+"""Cost of the EK-FAC (or K-FAC) pipeline against a training epoch, on the benchmark models
+(``benchmarks/common.py``).
 
 One process, one run: ``python benchmarks/kfac_speed.py --help``. Per model, over N training
 examples (Fashion-MNIST when installed, else random data; untrained weights: the cost does not
@@ -25,10 +26,10 @@ from chainer.datasets import TupleDataset
 import chainer_influence as ci
 
 try:
-    from benchmarks.run import MODELS, load_data, train_epoch
+    from benchmarks.common import MODELS, load_data, train_epoch
 except ImportError:  # run as a script from the repository root
     sys.path.insert(0, '.')
-    from benchmarks.run import MODELS, load_data, train_epoch
+    from benchmarks.common import MODELS, load_data, train_epoch
 
 SOLVERS = {'ekfac': ci.EKFACSolver, 'kfac': ci.KFACSolver}
 

@@ -8,13 +8,14 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # spawned memory workers import benchmarks.run through this path too
+sys.path.insert(0, ROOT)  # spawned memory workers import benchmarks.scoring through this path too
 
 from benchmarks import kfac_speed, run  # NOQA: E402
 
 MODEL_KEYS = {'architecture', 'n_params', 'times_s', 'extrapolated', 'solvers', 'naive_check',
               'memory', 'profile', 'ratios', 'targets'}
-TIME_KEYS = {'a', 'b1', 'b100', 'c', 'c_subset', 'b1_cg', 'b100_cg', 'b1_lissa', 'b100_lissa'}
+TIME_KEYS = {'a', 'b1', 'b100', 'c', 'c_subset', 'b1_cg', 'b100_cg', 'b1_lissa', 'b100_lissa',
+             'b1_ekfac', 'b100_ekfac', 'ekfac_fit', 'self_ekfac'}
 
 
 def test_tiny_run_writes_documented_json(tmp_path, capsys):
@@ -31,7 +32,10 @@ def test_tiny_run_writes_documented_json(tmp_path, capsys):
         assert MODEL_KEYS <= set(section)
         assert TIME_KEYS <= set(section['times_s'])
         assert all(value > 0 for value in section['times_s'].values())
-        assert {'b1_over_a', 'c_over_b1', 'b100_over_b1'} <= set(section['ratios'])
+        assert {'b1_over_a', 'c_over_b1', 'b100_over_b1', 'b100_ekfac_over_a',
+                'ekfac_fit_over_a'} <= set(section['ratios'])
+        assert section['solvers']['ekfac']['factor_bytes'] > 0
+        assert section['times_s']['ekfac_fit'] < section['times_s']['b100_ekfac']
         assert set(section['memory']) == {'n', '4n'}
         assert section['memory']['4n']['n_train'] == 4 * section['memory']['n']['n_train']
         assert all(m['tracemalloc_peak_mib'] > 0 for m in section['memory'].values())
