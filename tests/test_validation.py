@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import LinearSVC
 
 import chainer
+import chainer.functions as F
 import chainer.links as L
 
 import chainer_influence as ci
@@ -246,3 +247,38 @@ def test_mislabel_detection_logistic_regression():
     H = calc.curvature.dense_hessian()
     want = numpy.einsum('np,np->n', G, numpy.linalg.solve(H, G.T).T)
     numpy.testing.assert_allclose(found['self-influence']['scores'], want, rtol=1e-8)
+
+
+class _DigitsCNN(chainer.Chain):
+    """1x8x8 digits -> conv 3x3 1->8, tanh, linear 288->10 (2,978 parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.conv = L.Convolution2D(1, 8, ksize=3)
+            self.fc = L.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(F.tanh(self.conv(F.reshape(x, (-1, 1, 8, 8)))))
+
+
+def test_mislabel_detection_ekfac_self_influence_cnn():
+    """EK-FAC self-influence (Gauss-Newton, default solver settings and damping) of a small CNN
+    trained by SGD on digits with 10 % flipped labels finds the flips far better than random."""
+    (x, t), _ = digits(500, 0, dtype=numpy.float32)
+    noisy, flipped = validation.flip_labels(t, 0.1, 10, seed=0)
+    numpy.random.seed(0)
+    model = _DigitsCNN()
+    validation.MomentumSGDRetrainer(LOSS, 1e-3, steps=300, lr=0.05, batch_size=50, seed=0)(
+        model, (x, noisy), numpy.ones(len(x)))
+    calc = ci.InfluenceFunctions(model, (x, noisy), solver=ci.EKFACSolver(),
+                                 curvature='gauss-newton', weight_decay=1e-3, progress=False)
+    found = validation.mislabel_detection(calc, flipped, seed=1)
+    print({name: (round(s['auc'], 4), s['found_at']) for name, s in found.items()})
+    # seeds 0-4 of flips, weights and minibatches, fisher 'sampled' and 'exact': AUC 0.980-0.989,
+    # found at 10 % checked 0.72-0.90, at 20 % 0.96-1.00 (random: AUC 0.41-0.56, 0.06-0.16)
+    assert (found['self-influence']['scores'] >= 0).all()
+    assert found['self-influence']['auc'] >= 0.95
+    assert found['self-influence']['found_at'][0.1] >= 0.6
+    assert found['self-influence']['found_at'][0.2] >= 0.9
+    assert found['self-influence']['auc'] >= found['random']['auc'] + 0.3

@@ -11,6 +11,7 @@ import time
 import numpy
 
 import chainer
+import chainer.functions as F
 import chainer.links as L
 
 import chainer_influence as ci
@@ -83,6 +84,79 @@ def linear_model(n_in, n_out):
     """A float64 ``L.Linear`` without bias, initialised at zero (logistic regression, SVM)."""
     with chainer.using_config('dtype', numpy.float64):
         return L.Linear(n_in, n_out, nobias=True, initialW=chainer.initializers.Zero())
+
+
+class MLP(chainer.Chain):
+    """(N, n_in) -> logits (N, n_out) through one tanh hidden layer (smooth, for L-BFGS)."""
+
+    def __init__(self, n_in, n_hidden, n_out):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(n_in, n_hidden)
+            self.l2 = L.Linear(n_hidden, n_out)
+
+    def forward(self, x):
+        return self.l2(F.tanh(self.l1(x)))
+
+
+class SmallCNN(chainer.Chain):
+    """(N, 784) -> logits (N, n_out): conv 5x5/2 -> channels[0], tanh, conv 3x3/2 -> channels[1],
+    tanh, linear; 2,410 parameters with the default channels (4, 8)."""
+
+    def __init__(self, n_out=10, channels=(4, 8)):
+        super().__init__()
+        with self.init_scope():
+            self.conv1 = L.Convolution2D(1, channels[0], ksize=5, stride=2)
+            self.conv2 = L.Convolution2D(channels[0], channels[1], ksize=3, stride=2)
+            self.fc = L.Linear(channels[1] * 5 * 5, n_out)
+
+    def forward(self, x):
+        h = F.reshape(x, (-1, 1, 28, 28))
+        h = F.tanh(self.conv1(h))
+        h = F.tanh(self.conv2(h))
+        return self.fc(h)
+
+
+# ---- influence methods: solver x curvature ---------------------------------------------------
+CURVATURES = {'h': 'hessian', 'gn': 'gauss-newton'}
+SOLVERS = ('exact', 'cg', 'kfac', 'ekfac')
+METHODS = tuple('{}-{}'.format(s, c) for s in SOLVERS for c in CURVATURES
+                if not (s in ('kfac', 'ekfac') and c == 'h'))   # K-FAC is a Gauss-Newton model
+
+
+def add_method_options(parser, methods):
+    """--methods (solver-curvature names, the first picks the removals), --damping, --fisher."""
+    parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(methods),
+                        help='influence methods <solver>-<curvature> (h: Hessian, gn: '
+                        'Gauss-Newton), all with the same damping and weight decay')
+    parser.add_argument('--damping', type=float, default=0.01, help='curvature + damping I')
+    parser.add_argument('--fisher', choices=('sampled', 'exact'), default='sampled',
+                        help='K-FAC/EK-FAC output-gradient statistics')
+    parser.add_argument('--cg-tol', type=float, default=1e-8, help='CG relative residual')
+
+
+def make_calc(model, train, method, args, loss_fn=ci.softmax_cross_entropy_loss):
+    """An ``InfluenceFunctions`` for ``method`` ('<solver>-<curvature>', see :data:`METHODS`)."""
+    solver, curvature = method.split('-')
+    progress = not args.no_progress
+    make = {'exact': lambda: ci.ExactSolver(),
+            'cg': lambda: ci.CGSolver(max_iter=2000, tol=args.cg_tol, progress=progress),
+            'kfac': lambda: ci.KFACSolver(fisher=args.fisher, seed=args.seed, progress=progress),
+            'ekfac': lambda: ci.EKFACSolver(fisher=args.fisher, seed=args.seed,
+                                          progress=progress)}[solver]
+    return ci.InfluenceFunctions(model, train, loss_fn, make(), curvature=CURVATURES[curvature],
+                                 weight_decay=args.weight_decay, damping=args.damping,
+                                 progress=progress)
+
+
+def influence_scores(model, train, tests, args, loss_fn=ci.softmax_cross_entropy_loss):
+    """``(scores, seconds)``: method -> (M, N) influence of ``args.methods``, and its wall time."""
+    scores, seconds = {}, {}
+    for method in args.methods:
+        start = time.time()
+        scores[method] = make_calc(model, train, method, args, loss_fn).influence(tests)
+        seconds[method] = round(time.time() - start, 2)
+    return scores, seconds
 
 
 def pick_test_points(n_available, n_test, seed, among=None):
