@@ -1,7 +1,7 @@
 """The CIFAR-10 example: per-example gradients and Hessian-vector products of its ResNet and
 VGG; the script end to end on tiny fake CIFAR-10 python batches (loader, both influence scopes,
-comparison, colour figures); its extension subclass (log keys, damping retries); the message
-without data; the comparison of two reports."""
+comparison, colour figures) with EK-FAC on all parameters and no damping given; the one-line
+``InfluenceExtension`` on the ResNet; the message without data; the comparison of two reports."""
 import json
 import os
 import pickle
@@ -17,7 +17,6 @@ import chainer.links as L
 
 import chainer_influence as ci
 
-from test_extension import _trainer
 from test_hooks import _loop_gradients, _relerr, RTOL
 
 EXAMPLE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', 'examples', 'cifar'))
@@ -113,13 +112,10 @@ def result(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp('cifar-10-batches-py')
     write_fake_cifar10(str(data_dir))
     out = str(tmp_path_factory.mktemp('result'))
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)  # CG stops after 3 iterations
-        train_cifar.main([
-            '--data-dir', str(data_dir), '--arch', 'resnet', '--width', '4', '--epoch', '1',
-            '--batchsize', '10', '--influence-params', 'both', '--test-indices', '0', '3',
-            '--top-k', '3', '--cg-iterations', '3', '--damping-all', '100', '--no-progress',
-            '--out', out])
+    train_cifar.main([  # all parameters: the defaults, EK-FAC on the Gauss-Newton, no damping
+        '--data-dir', str(data_dir), '--arch', 'resnet', '--width', '4', '--epoch', '1',
+        '--batchsize', '10', '--influence-params', 'both', '--test-indices', '0', '3',
+        '--top-k', '3', '--no-progress', '--out', out])
     return out
 
 
@@ -128,12 +124,18 @@ def _json(*path):
         return json.load(f)
 
 
-@pytest.mark.parametrize('scope,solver', [('last', 'ExactSolver'), ('all', 'CGSolver')])
-def test_rankings_per_scope(result, scope, solver):
+@pytest.mark.parametrize('scope,solver,curvature', [('last', 'ExactSolver', 'hessian'),
+                                                     ('all', 'EKFACSolver', 'gauss-newton')])
+def test_rankings_per_scope(result, scope, solver, curvature):
     doc = _json(result, 'influence_' + scope, 'rankings.json')
     assert [p['test_index'] for p in doc['test_points']] == [0, 3]
     assert all(len(p['helpful']) == 3 and len(p['harmful']) == 3 for p in doc['test_points'])
     assert doc['settings']['solver'] == solver
+    assert doc['settings']['curvature'] == curvature
+    assert doc['settings']['damping'] > 0  # all: EK-FAC's default rule, none given
+    arrays = numpy.load(os.path.join(result, 'influence_' + scope, 'influence.npz'))
+    assert arrays['scores'].shape == (2, 20) and numpy.isfinite(arrays['scores']).all()
+    assert (arrays['self_influence'] > 0).all()  # all parameters too: EK-FAC, one pass
     assert doc['settings']['n_train'] == 20
     assert doc['test_points'][0]['label_name'] in ci.CLASS_NAMES['cifar10']
     n_params = sum(p.size for p in cifar_models.ResNet(width=4).params())
@@ -142,7 +144,7 @@ def test_rankings_per_scope(result, scope, solver):
 
 def test_log_keeps_both_scopes_apart(result):
     last = _json(result, 'log')[-1]
-    for key in ('influence_last/time', 'influence_all/time', 'influence_all/solver/iterations',
+    for key in ('influence_last/time', 'influence_all/time', 'influence_all/solver/fit_seconds',
                 'influence_last/solver/eigenvalue_min'):
         assert key in last, key
     assert last['influence_last/n_train'] == last['influence_all/n_train'] == 20
@@ -160,7 +162,7 @@ def test_comparison_matches_the_rankings(result):
             assert set(point[kind + '_shared']) == sets[0] & sets[1]
             assert point[kind + '_overlap'] == pytest.approx(len(sets[0] & sets[1]) / 3)
         assert -1 <= point['spearman'] <= 1
-    assert comparison['settings']['all']['damping'] == 100
+    assert comparison['settings']['all']['damping'] == rankings['all']['settings']['damping']
 
 
 def _where(image, colour):
@@ -180,48 +182,37 @@ def test_figures_are_colour_images(result, scope):
     (red_y, red_x), (blue_y, blue_x) = _where(pixels, RED), _where(pixels, BLUE)
     assert len(red_y) > 14 * 100 and len(blue_y) > 14 * 100
     assert red_y.mean() < blue_y.mean() and red_x.mean() > blue_x.mean()
-    if scope == 'last':
-        with open(os.path.join(result, 'influence_last', 'self_influence.png'), 'rb') as f:
-            assert f.read(8) == PNG
+    with open(os.path.join(result, 'influence_' + scope, 'self_influence.png'), 'rb') as f:
+        assert f.read(8) == PNG  # all parameters too: EK-FAC's self-influence is one pass
 
 
-# ---- the extension subclass: damping retries, keys under its own out --------------------------
-class PickySolver(ci.ExactSolver):
-    """Refuses damping below 1, as a Hessian with an eigenvalue near -1 would."""
-
-    def solve(self, curvature, V, damping=0.0):
-        if damping < 0.99:
-            raise ci.NotPositiveDefiniteError('damping {} is too small'.format(damping))
-        return super().solve(curvature, V, damping)
-
-
-def _retrying(retries, damping=0.01, on_error='warn'):
-    return lambda train, test: train_cifar.RetryingInfluenceExtension(
-        train, test, test_indices=[0], top_k=2, solver=PickySolver(), damping=damping,
-        out='influence_x', plot=False, cache=False, progress=False, retries=retries,
-        on_error=on_error)
-
-
-def test_retrying_extension_retries_with_more_damping(tmp_path):
-    trainer, *_ = _trainer(str(tmp_path), _retrying(retries=2))
+# ---- the one-line extension on the ResNet ----------------------------------------------------
+def test_one_line_extension_on_the_resnet_needs_no_damping(tmp_path):
+    """``trainer.extend(ci.InfluenceExtension(train, test))`` after training a ResNet (BatchNorm,
+    residual sums, all 1,000+ parameters, an indefinite Hessian) with weight decay: the default
+    solver and damping work and say what they chose."""
+    numpy.random.seed(0)
+    rng = numpy.random.RandomState(0)
+    x = rng.rand(30, 3, 32, 32).astype(numpy.float32)
+    t = rng.randint(0, 10, 30).astype(numpy.int32)
+    train = chainer.datasets.TupleDataset(x[:20], t[:20])
+    test = chainer.datasets.TupleDataset(x[20:], t[20:])
+    model = L.Classifier(cifar_models.ResNet(width=4, n_blocks=1))
+    optimizer = chainer.optimizers.MomentumSGD(lr=0.05)
+    optimizer.setup(model)
+    optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(5e-4))
+    updater = chainer.training.updaters.StandardUpdater(
+        chainer.iterators.SerialIterator(train, 10), optimizer)
+    trainer = chainer.training.Trainer(updater, (2, 'epoch'), out=str(tmp_path))
+    trainer.extend(ci.InfluenceExtension(train, test))
     trainer.run()
-    assert trainer.get_extension('InfluenceExtension').damping == pytest.approx(1.0)
-    doc = _json(str(tmp_path), 'influence_x', 'rankings.json')
-    assert doc['settings']['damping'] == pytest.approx(1.0)
-    last = _json(str(tmp_path), 'log')[-1]
-    assert 'influence_x/time' in last and not any(k.startswith('influence/') for k in last)
-
-
-@pytest.mark.parametrize('retries,damping', [(1, 0.01), (3, 0.0)])
-def test_retrying_extension_gives_up(tmp_path, retries, damping):
-    trainer, *_ = _trainer(str(tmp_path), _retrying(retries, damping))
-    with pytest.warns(ci.InfluenceRunWarning, match='too small'):
-        trainer.run()  # training finishes; the failure is in the log and error.json
-    assert _json(str(tmp_path), 'log')[-1]['influence_x/failed'] == 1.0
-    assert 'too small' in _json(str(tmp_path), 'influence_x', 'error.json')['failures'][0]['error']
-    trainer, *_ = _trainer(str(tmp_path / 'raise'), _retrying(retries, damping, 'raise'))
-    with pytest.raises(ci.NotPositiveDefiniteError):
-        trainer.run(show_loop_exception_msg=False)
+    doc = _json(str(tmp_path), 'influence', 'rankings.json')
+    choice = doc['settings']['solver_choice']
+    assert (choice['solver'], choice['curvature']) == ('EKFACSolver', 'gauss-newton')
+    assert choice['damping_rule'] == 'EKFACSolver.default_damping' and choice['damping'] > 0
+    assert len(doc['test_points']) == 10
+    scores = numpy.load(os.path.join(str(tmp_path), 'influence', 'influence.npz'))['scores']
+    assert scores.shape == (10, 20) and numpy.isfinite(scores).all()
 
 
 # ---- no data ------------------------------------------------------------------------------

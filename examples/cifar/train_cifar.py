@@ -5,8 +5,8 @@ influence, from the last layer only, from all parameters, or both side by side.
 After training, ``InfluenceExtension`` writes, under ``<out>/influence_last/`` and/or
 ``<out>/influence_all/``: ``rankings.json``, ``rankings.csv``, ``influence.npz`` and
 ``top_influential.png`` (each test image beside its most helpful and most harmful training
-images), plus ``self_influence.png`` for last-layer influence; ``<out>/log`` holds the training
-log with the ``influence_last/...`` and ``influence_all/...`` entries. With
+images), plus ``self_influence.png`` where self-influence is computed; ``<out>/log`` holds the
+training log with the ``influence_last/...`` and ``influence_all/...`` entries. With
 ``--influence-params both``, ``<out>/influence_comparison.json`` compares the two rankings.
 
 Influence scopes:
@@ -15,11 +15,14 @@ Influence scopes:
   the VGG): the loss is convex there, the exact solver (dense Hessian) is affordable, damping
   ``--damping-last``; also self-influence. A few passes over the training set: minutes on a
   CPU for a few thousand images.
-* all: every parameter (78,000 for the ResNet, 205,000 for the VGG): CG (default) or LiSSA on
-  Hessian-vector products, damping ``--damping-all``. The network's Hessian is indefinite, so
-  the damping is raised tenfold when a solve fails (``--damping-retries``). Each CG iteration
-  costs one pass over the training set per test point (a double backward each): use a GPU, or
-  a CPU only for a few hundred training images.
+* all: every parameter (78,000 for the ResNet, 205,000 for the VGG): EK-FAC on the Gauss-Newton
+  by default (``--solver``): positive semi-definite, so no damping has to be given
+  (``--damping-all`` None: 0.1 x the mean eigenvalue of the approximation, as Kronfluence), two
+  passes over the training set to fit the factors, then solves without Hessian-vector products
+  for any number of test images, and self-influence in one more pass. ``--solver cg`` or
+  ``lissa`` run Hessian- or Gauss-Newton-vector products (``--curvature``): one pass over the
+  training set per iteration and test image; on the (indefinite) Hessian they need a damping
+  that makes H + damping I positive definite, and stop with a message that says so otherwise.
 
 No data augmentation: influence functions explain the training set the model actually saw.
 
@@ -67,21 +70,27 @@ def parse_args(argv=None):
                            help='last: /fc/W and /fc/b with the exact solver; all: every '
                                 'parameter with --solver; both: run both and write '
                                 'influence_comparison.json (the top-k sets compared are '
-                                '--top-k long; self-influence only for last)')
+                                '--top-k long)')
     influence.add_argument('--damping-last', type=float, default=0.01,
                            help='damping of the last-layer solve (H + damping I); with weight '
                                 'decay H is positive definite, damping keeps the float32 '
                                 'eigendecomposition well conditioned')
-    influence.add_argument('--damping-all', type=float, default=0.01,
-                           help='damping of the all-parameter solve (see --damping-retries)')
-    influence.add_argument('--damping-retries', type=int, default=2,
-                           help='when a solve finds H + damping I not positive definite or '
-                                'diverges (LiSSA), retry with 10x the damping, at most this '
-                                'many times; rankings.json records the damping used')
-    influence.add_argument('--solver', choices=('cg', 'lissa'), default='cg',
-                           help='all-parameter solver: cg (full-training-set Hessian-vector '
-                                'products, deterministic) or lissa (minibatch recursion, for '
-                                'large training sets)')
+    influence.add_argument('--damping-all', type=float, default=None,
+                           help='damping of the all-parameter solve; None: the solver\'s '
+                                'default rule (EK-FAC/K-FAC: 0.1 x the mean eigenvalue of the '
+                                'approximation), recorded in rankings.json')
+    influence.add_argument('--solver', choices=('ekfac', 'kfac', 'cg', 'lissa'), default='ekfac',
+                           help='all-parameter solver: ekfac/kfac (Kronecker factors on the '
+                                'Gauss-Newton, fitted once), cg (full-training-set curvature-'
+                                'vector products, deterministic) or lissa (minibatch recursion)')
+    influence.add_argument('--curvature', choices=('gauss-newton', 'hessian'),
+                           default='gauss-newton',
+                           help='all-parameter curvature of cg and lissa (ekfac and kfac always '
+                                'use the Gauss-Newton)')
+    influence.add_argument('--fisher', choices=('sampled', 'exact'), default='sampled',
+                           help='ekfac/kfac: output-gradient statistics from one label per image '
+                                'drawn from the model (seeded by --seed) or the exact expectation '
+                                '(10 times the cost)')
     influence.add_argument('--cg-iterations', type=int, default=50,
                            help='CG: most iterations (each is one pass over the training set)')
     influence.add_argument('--cg-tol', type=float, default=1e-3,
@@ -109,52 +118,36 @@ def make_model(args):
     return L.Classifier(ARCHS['vgg'](width=args.width))
 
 
-class RetryingInfluenceExtension(ci.InfluenceExtension):
-    """``InfluenceExtension`` that, when the solve finds ``H + damping I`` not positive definite
-    (Exact, CG) or diverges (LiSSA), multiplies a positive ``damping`` by 10 and tries again, at
-    most ``retries`` times; the damping used is in the settings of ``rankings.json``.
-    """
-
-    def __init__(self, *args, retries=0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.retries = retries
-
-    def __call__(self, trainer):
-        policy = self.error_policy  # the last attempt fails as the user asked (on_error)
-        try:
-            for attempt in range(self.retries + 1):
-                last = attempt == self.retries or self.damping <= 0
-                self.error_policy = policy if last else 'raise'
-                try:
-                    return super().__call__(trainer)
-                except (ci.NotPositiveDefiniteError, ci.LiSSADivergenceError) as e:
-                    if last:
-                        raise
-                    print('{}: {}\n{}: retrying with damping={:g}'.format(
-                        self.out, e, self.out, self.damping * 10), file=sys.stderr)
-                    self.damping *= 10
-        finally:
-            self.error_policy = policy
+def make_solver(args):
+    """The all-parameter solver of ``--solver``."""
+    progress = not args.no_progress
+    if args.solver in ('ekfac', 'kfac'):
+        kind = ci.EKFACSolver if args.solver == 'ekfac' else ci.KFACSolver
+        return kind(fisher=args.fisher, seed=args.seed, progress=progress)
+    if args.solver == 'cg':
+        return ci.CGSolver(max_iter=args.cg_iterations, tol=args.cg_tol, progress=progress)
+    return ci.LiSSASolver(depth=args.lissa_depth, batch_size=args.lissa_batchsize,
+                          progress=progress)
 
 
 def make_influence_extension(scope, train, test, args):
     """The extension for scope 'last' (exact solver) or 'all' (``--solver``), writing into
-    ``<out>/influence_<scope>/``."""
+    ``<out>/influence_<scope>/``. Self-influence where it costs one pass: always for 'last',
+    for 'all' with EK-FAC or K-FAC (CG and LiSSA would need one solve per training image)."""
     if scope == 'last':
-        solver, params, damping = ci.ExactSolver(), LAST_LAYER, args.damping_last
+        solver, params, damping, curvature = (ci.ExactSolver(), LAST_LAYER, args.damping_last,
+                                              'hessian')
     else:
-        params, damping = None, args.damping_all
-        solver = (ci.CGSolver(max_iter=args.cg_iterations, tol=args.cg_tol,
-                              progress=not args.no_progress) if args.solver == 'cg' else
-                  ci.LiSSASolver(depth=args.lissa_depth, batch_size=args.lissa_batchsize,
-                                 progress=not args.no_progress))
-    return RetryingInfluenceExtension(
+        solver, params, damping, curvature = make_solver(args), None, args.damping_all, (
+            args.curvature)
+    return ci.InfluenceExtension(
         train, test, test_indices=args.test_indices, top_k=args.top_k, solver=solver,
-        params=params, damping=damping, out='influence_' + scope,
-        self_influence=scope == 'last' and not args.no_self_influence,
+        params=params, damping=damping, curvature=curvature, out='influence_' + scope,
+        self_influence=(not args.no_self_influence and
+                        (scope == 'last' or isinstance(solver, ci.KFACSolver))),
         class_names=list(ci.CLASS_NAMES['cifar10']), batch_size=args.influence_batchsize,
         cache=False,  # a new training run never matches the cache's parameter fingerprint
-        progress=not args.no_progress, retries=args.damping_retries)
+        progress=not args.no_progress)
 
 
 def compare(influence, args):
