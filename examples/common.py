@@ -32,6 +32,7 @@ runs on a Chainer device: ``--device/-d``; every script that trains with a Train
 """
 import argparse
 import json
+import os
 import random
 
 import numpy
@@ -210,3 +211,14 @@ def _jsonable(value):
     if isinstance(value, numpy.generic):
         return value.item()
     raise TypeError('cannot write {!r} to JSON'.format(type(value)))
+
+
+def print_influence_outcome(out, name='influence'):
+    """Say where the extension's results are, or, when its run failed (``on_error='warn'``),
+    where the error is (``<out>/<name>/error.json``)."""
+    folder = os.path.join(out, name)
+    error = os.path.join(folder, 'error.json')
+    if os.path.exists(error):
+        print('influence failed (training finished and its log is kept): see {}'.format(error))
+    else:
+        print('influence rankings and figures: {}/'.format(folder))

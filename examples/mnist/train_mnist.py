@@ -148,7 +148,7 @@ def main(argv=None):
         'epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
         'validation/main/accuracy', 'influence/time', 'tracin/time', 'elapsed_time'], args)
     trainer.run()
-    print('influence rankings and figures: {}/influence/'.format(args.out))
+    common.print_influence_outcome(args.out)
     if args.tracin:
         print('TracIn rankings and figures: {}/tracin/'.format(args.out))
 

@@ -77,7 +77,7 @@ def main(argv=None):
             'validation/main/accuracy', 'influence/time', 'elapsed_time'], args)
     trainer.run()
     if comm.rank == 0:
-        print('influence rankings and figures: {}/influence/'.format(args.out))
+        common.print_influence_outcome(args.out)
 
 
 if __name__ == '__main__':
