@@ -15,7 +15,7 @@ import chainer.links as L
 
 import chainer_influence as ci
 from chainer_influence.curvature import Curvature
-from chainer_influence import kfac
+from chainer_influence import kfac_factors
 from chainer_influence.kfac import symmetric_eigh
 from chainer_influence.retraining import fit_lbfgs
 
@@ -412,7 +412,7 @@ def test_one_pass_self_influence_equals_the_quadratic_form_of_gradients(
     n_batch_axes=2, a shared weight and per-parameter weight decay; the EK-FAC eigenvalues do not
     depend on the chunking."""
     if chunk_bytes is not None:
-        monkeypatch.setattr(kfac, 'CHUNK_BYTES', chunk_bytes)
+        monkeypatch.setattr(kfac_factors, 'CHUNK_BYTES', chunk_bytes)
     model, batch = make()
     space = ci.ParameterSpace(model)
     decay = {name: 1e-3 * (i + 1) for i, name in enumerate(space.names) if i % 3}
@@ -425,7 +425,7 @@ def test_one_pass_self_influence_equals_the_quadratic_form_of_gradients(
     numpy.testing.assert_allclose(got, want, rtol=1e-10)
     assert (want > 0).all()
     if chunk_bytes is not None:  # the EK-FAC eigenvalues, fitted in chunks of one example
-        monkeypatch.setattr(kfac, 'CHUNK_BYTES', 64 * 2 ** 20)
+        monkeypatch.setattr(kfac_factors, 'CHUNK_BYTES', 64 * 2 ** 20)
         reference = solver_class(fisher='exact', progress=False).eigenvalues(calc.curvature)
         numpy.testing.assert_allclose(calc.solver.eigenvalues(calc.curvature), reference,
                                       rtol=1e-10, atol=1e-14 * reference.max())
