@@ -12,7 +12,7 @@ from chainer.training import extension
 from chainer_influence import checks
 from chainer_influence import report_files
 from chainer_influence import reporting
-from chainer_influence.batches import as_tuples, dataset_length, get_batch
+from chainer_influence.batches import as_tuples, dataset_length, get_batch, iterate_batches
 from chainer_influence.cache import CacheKeyChangedWarning
 from chainer_influence.devices import to_host
 from chainer_influence.distributed import Shard, communicator_of
@@ -222,8 +222,7 @@ class InfluenceExtension(extension.Extension):
         """Check every training example of this rank's shard in chunks; returns the labels of
         all N for the report (on rank 0; None on the others)."""
         parts = []
-        for begin in range(shard.begin, shard.end, 4096):
-            batch = get_batch(train, range(begin, min(begin + 4096, shard.end)))
+        for begin, _, batch in iterate_batches(train, 4096, start=shard.begin, stop=shard.end):
             self._check_examples(batch, 'training set', labels, n_outputs, model, None,
                                  first_index=begin)
             parts.append(_report_labels(batch))
