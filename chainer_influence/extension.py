@@ -290,7 +290,7 @@ class InfluenceExtension(extension.Extension):
         self._finish(trainer, out_dir, values)
         if self.failures and self.error_policy == 'raise':
             raise InfluenceWriteError('writers failed: {}'.format(
-                '; '.join('{}: {}'.format(f['what'], f['error']) for f in self.failures)))
+                report_files.summary(self.failures)))
 
     def _compute(self, trainer):
         """The influence run: computes ``self.report``; returns the values to report under
@@ -345,9 +345,9 @@ class InfluenceExtension(extension.Extension):
             path = 'nowhere ({}: {})'.format(type(e).__name__, e)
         if self.error_policy == 'warn':
             warnings.warn('InfluenceExtension failed at iteration {} ({}); training goes on. '
-                          'Details in {}'.format(updater.iteration, '; '.join(
-                              '{}: {}'.format(f['what'], f['error']) for f in self.failures),
-                              path), InfluenceRunWarning)
+                          'Details in {}'.format(updater.iteration,
+                                                 report_files.summary(self.failures), path),
+                          InfluenceRunWarning)
 
     def finalize(self):
         pass

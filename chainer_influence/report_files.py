@@ -22,6 +22,11 @@ def failure(what, error):
             'traceback': traceback.format_exc()}
 
 
+def summary(failures):
+    """One line naming every failure: ``what: error; what: error``."""
+    return '; '.join('{}: {}'.format(f['what'], f['error']) for f in failures)
+
+
 def write_all(report, out_dir, writers):
     """Call every ``writer(report, out_dir)``; one failing does not stop the others.
 

@@ -82,7 +82,7 @@ class TracInExtension(InfluenceExtension):
         if failures:
             path = report_files.write_error(self._figure_dir, failures)
             message = 'TracInExtension figures failed ({}); details in {}'.format(
-                '; '.join('{}: {}'.format(f['what'], f['error']) for f in failures), path)
+                report_files.summary(failures), path)
             if self.error_policy == 'raise':
                 raise InfluenceWriteError(message)
             warnings.warn(message, InfluenceRunWarning)
