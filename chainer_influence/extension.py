@@ -201,12 +201,12 @@ class InfluenceExtension(extension.Extension):
             warnings.warn('the inputs of shape {} cannot be drawn as images: the figures show '
                           'score bars instead'.format(sample[0].shape[1:]))
         self._warn_if_never_runs(trainer)
+        if self.uses_curvature:
+            self._read_weight_decay(optimizer, params, warn=True)  # warns of ignored terms now
         self._setup = {
             'model': model, 'optimizer': optimizer, 'params': params, 'train': train,
             'test': test, 'test_indices': test_indices, 'loss_fn': loss_fn, 'labels': labels,
             'train_labels': train_labels, 'images': images, 'shard': shard,
-            'weight_decay': (self._read_weight_decay(optimizer, params, warn=True)
-                             if self.uses_curvature else None),
         }
 
     def _check_loss_shape(self, model, loss_fn, sample):
