@@ -255,7 +255,7 @@ def plot_top_self_influence(report, train_images, path, value_range=None, images
         ax = fig.add_subplot(1, 1, 1)
         labels = ['#{} ({})'.format(j, _label_text(report, report.train_labels[j]))
                   for j in indices]
-        _bars(ax, labels[::-1][::-1], [e['score'] for e in top], _COLOURS['self'],
+        _bars(ax, labels, [e['score'] for e in top], _COLOURS['self'],
               'largest self-influence')
         _legend(fig, ('self',))
         fig.tight_layout(rect=(0, 0.5 / (0.3 * len(top) + 1.4), 1, 1))
