@@ -209,6 +209,11 @@ def _ranked_grid(rows, test_images, train_images, path, value_range):
     return _save(fig, path)
 
 
+def _bar_label(report, j):
+    """``#j (label)``: a training example's bar label."""
+    return '#{} ({})'.format(int(j), _label_text(report, report.train_labels[j]))
+
+
 def _bars(ax, labels, values, colours, title):
     y = numpy.arange(len(values))[::-1]
     ax.barh(y, values, color=colours)
@@ -235,8 +240,7 @@ def plot_top_scores(report, path, n_show=None):
         indices = list(ranked['harmful'][r]) + list(ranked['helpful'][r][::-1])
         values = [report.scores[r, j] for j in indices]
         colours = [_COLOURS['harmful']] * k + [_COLOURS['helpful']] * k
-        labels = ['#{} ({})'.format(int(j), _label_text(report, report.train_labels[j]))
-                  for j in indices]
+        labels = [_bar_label(report, j) for j in indices]
         _bars(ax, labels, values, colours, _test_title(report, r).replace('\n', ': '))
     _legend(fig, ('helpful', 'harmful'))
     fig.tight_layout(rect=(0, 0.6 / (height * grid_rows + 0.6), 1, 1))
@@ -253,8 +257,7 @@ def plot_top_self_influence(report, train_images, path, value_range=None, images
     if not images:
         fig = _figure(6, 0.3 * len(top) + 1.4)
         ax = fig.add_subplot(1, 1, 1)
-        labels = ['#{} ({})'.format(j, _label_text(report, report.train_labels[j]))
-                  for j in indices]
+        labels = [_bar_label(report, j) for j in indices]
         _bars(ax, labels, [e['score'] for e in top], _COLOURS['self'],
               'largest self-influence')
         _legend(fig, ('self',))
