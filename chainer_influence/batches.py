@@ -21,7 +21,7 @@ def get_batch(dataset, indices, device=None):
     if isinstance(dataset, CheckedDataset):
         return dataset.get_batch(indices, device)
     if isinstance(dataset, tuple):
-        indices = numpy.asarray(list(indices) if isinstance(indices, range) else indices)
+        indices = _index_array(indices)
         batch = tuple(a[indices] for a in dataset)
         if device is not None:
             device = chainer.get_device(device)
@@ -29,6 +29,11 @@ def get_batch(dataset, indices, device=None):
         return batch
     batch = concat_examples([dataset[int(i)] for i in indices], device)
     return batch if isinstance(batch, tuple) else (batch,)
+
+
+def _index_array(indices):
+    """``indices`` (a range, list or array) as a numpy array."""
+    return numpy.asarray(list(indices) if isinstance(indices, range) else indices)
 
 
 def iterate_batches(dataset, batch_size, device=None, start=0, stop=None):
@@ -105,7 +110,7 @@ class CheckedDataset(object):
         return self.dataset[index]
 
     def get_batch(self, indices, device=None):
-        indices = numpy.asarray(list(indices) if isinstance(indices, range) else indices)
+        indices = _index_array(indices)
         batch = get_batch(self.dataset, indices, device)
         self.check(batch, indices)
         return batch
