@@ -291,6 +291,15 @@ class ExampleChecker(object):
         self.done = bool(self.checked.all())
 
 
+def check_finite(array, what):
+    """Raise ``FloatingPointError`` naming ``what`` unless every value of ``array`` is finite."""
+    xp = chainer.backend.get_array_module(array)
+    if not bool(xp.isfinite(array).all()):
+        raise FloatingPointError(
+            'non-finite values in {}: check the model for NaN/inf parameters or losses, or add '
+            'damping'.format(what))
+
+
 def check_solver(solver):
     """``solver``: an instance with ``solve(curvature, V, damping)``, e.g. ``ci.CGSolver()``."""
     if isinstance(solver, type):

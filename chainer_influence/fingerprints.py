@@ -15,6 +15,8 @@ The on-disk cache (:mod:`chainer_influence.cache`) is keyed by these:
   pass of the loss on one example runs; relu -> tanh changes it, renaming a variable does not.
 * :func:`hash_model_values`: every parameter (tracked or not) and persistent value (e.g.
   BatchNormalization's running statistics).
+* :func:`score_settings`: the above for a model, loss and solver (with the library versions), the
+  part of ``InfluenceFunctions``' cache key that does not depend on the training data.
 """
 import functools
 import hashlib
@@ -25,6 +27,7 @@ import numpy
 
 import chainer
 
+from chainer_influence._version import __version__
 from chainer_influence.batches import CheckedDataset, iterate_batches
 from chainer_influence.devices import to_host
 
@@ -44,6 +47,11 @@ def hash_arrays(arrays, digest=None):
         digest.update(str((a.dtype.str, a.shape)).encode())
         digest.update(a.tobytes())
     return digest
+
+
+def hash_json(value):
+    """sha1 hex digest of ``value``'s JSON (keys sorted)."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def raw_arrays(dataset):
@@ -231,3 +239,30 @@ def describe_forward(model, loss_fn, batch):
     links = [[path, type(link).__module__ + '.' + type(link).__qualname__]
              for path, link in sorted(model.namedlinks())]
     return {'links': links, 'functions': recorder.calls}
+
+
+def describe_solver(solver):
+    """A solver's type and scalar settings (not its diagnostics), for the cache fingerprint."""
+    settings = {k: v for k, v in sorted(vars(solver).items())
+                if not k.startswith('_') and k != 'progress'
+                and isinstance(v, (int, float, str, bool, type(None)))}
+    return '{}.{}({})'.format(type(solver).__module__, type(solver).__name__, settings)
+
+
+def score_settings(model, loss_fn, first, solver):
+    """JSON-able fingerprint of the library versions, ``loss_fn``, ``model`` (structure and values)
+    and ``solver``; ``first``: a tuple of arrays holding one training example (x, t, ...).
+
+    Raises :class:`UnidentifiableError` when ``loss_fn`` cannot be identified.
+    """
+    structure = describe_forward(model, loss_fn, first)
+    return {
+        'versions': {'chainer_influence': __version__, 'chainer': chainer.__version__,
+                     'numpy': numpy.__version__},
+        'loss_fn': getattr(loss_fn, '__qualname__', repr(loss_fn)),
+        'loss_fn_sha1': hash_json(describe_function(loss_fn)),
+        'model_functions': [call[0].rsplit('.', 1)[-1] for call in structure['functions']],
+        'model_structure_sha1': hash_json(structure),
+        'model_values_sha1': hash_model_values(model),
+        'solver': describe_solver(solver),
+    }

@@ -15,8 +15,6 @@ ranks (so s_test is the same on every rank), and the (..., N) score arrays are g
 ``influence`` and ``self_influence`` return them there and None on the other ranks. See
 :mod:`chainer_influence.distributed`.
 """
-import hashlib
-import json
 import sys
 import warnings
 
@@ -28,103 +26,29 @@ import chainer.functions as F
 from chainer_influence import checks
 from chainer_influence import fingerprints
 from chainer_influence import solvers as solvers_module
-from chainer_influence._version import __version__
 from chainer_influence.batches import CheckedDataset, dataset_length, get_batch, iterate_batches
 from chainer_influence.cache import ScoreCache
 from chainer_influence.curvature import Curvature
 from chainer_influence.devices import model_device, to_host
 from chainer_influence.distributed import digest
 from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
-from chainer_influence.kfac import EKFACSolver, KFACSolver
+from chainer_influence.kfac import KFACSolver
 from chainer_influence.losses import softmax_cross_entropy_loss
 from chainer_influence.progress import ProgressDisplay
+# public names that lived here before moving to their own modules
+from chainer_influence.relatif import (  # NOQA: F401
+    NORMALIZATIONS, RELATIF_FLOOR, check_normalize, relatif_norms)
+from chainer_influence.solver_choice import (  # NOQA: F401
+    CG_MAX_TRAIN, EXACT_MAX_PARAMS, choose_solver, default_solver)
 
-EXACT_MAX_PARAMS = 2000      # default solver: Exact up to this many tracked parameters,
-CG_MAX_TRAIN = 20000         # CG up to this many training examples, LiSSA beyond.
 SCORE_BLOCK = 8192           # training examples per cached block of scores
 # solvers whose solves, once they have factorised the curvature, read no training data (so with a
 # communicator each rank solves its own rows); the others solve every rank's rows together
 LOCAL_SOLVERS = (solvers_module.ExactSolver, KFACSolver)
 
 
-RELATIF_FLOOR = 1e-12        # self-influence floor for RelatIF, relative to the largest
-NORMALIZATIONS = (None, 'relatif')
-
-
 class SelfInfluenceCostWarning(UserWarning):
     """Self-influence (and RelatIF) with this solver costs one solve per training example."""
-
-
-def check_normalize(normalize):
-    """Raise ``ValueError`` unless ``normalize`` is one of :data:`NORMALIZATIONS`."""
-    if normalize not in NORMALIZATIONS:
-        raise ValueError('normalize must be None or \'relatif\', got {!r}'.format(normalize))
-
-
-def relatif_norms(self_influence):
-    """(N,) sqrt(self_influence), the RelatIF divisors (Barshan et al. 2020).
-
-    Values below ``RELATIF_FLOOR`` times the largest (rounding noise around an example with a
-    zero gradient, whose influence is 0 anyway) are floored there; a value below minus 1e-6 times
-    the largest means H + damping I is not positive definite and raises.
-    """
-    values = numpy.asarray(self_influence, dtype=numpy.float64)
-    largest = max(float(values.max()), 0.0)
-    worst = int(values.argmin())
-    if values[worst] < -1e-6 * largest or (largest == 0.0 and values[worst] < 0):
-        raise solvers_module.NotPositiveDefiniteError(
-            'RelatIF divides by sqrt(self-influence), but training example {} has self-influence '
-            '{:.6g} < 0 (largest {:.6g}): H + damping I is not positive definite (or the solver '
-            'did not converge). Add damping or use curvature=\'gauss-newton\'.'.format(
-                worst, values[worst], largest))
-    floor = max(RELATIF_FLOOR * largest, numpy.finfo(numpy.float64).tiny)
-    return numpy.sqrt(numpy.maximum(values, floor))
-
-
-def default_solver(n_params, n_train):
-    """Exact for small P, CG for moderate N, LiSSA for large N (on the Hessian of a loss without
-    the output-Hessian protocol)."""
-    if n_params <= EXACT_MAX_PARAMS:
-        return solvers_module.ExactSolver()
-    if n_train <= CG_MAX_TRAIN:
-        return solvers_module.CGSolver()
-    return solvers_module.LiSSASolver()
-
-
-def choose_solver(curvature, requested):
-    """(solver, curvature kind, reason) for ``solver=None``; ``curvature`` is a Hessian
-    :class:`Curvature` of the problem, ``requested`` the user's ``curvature`` argument or None.
-
-    * the loss has no output-Hessian protocol: :func:`default_solver` on the Hessian;
-    * P <= ``EXACT_MAX_PARAMS``: ``ExactSolver`` on the Hessian when the outputs are affine in the
-      tracked parameters (``Curvature.is_psd``: e.g. a linear model or the last layer; the Hessian
-      is then the Gauss-Newton, PSD) unless 'gauss-newton' was asked; on the Gauss-Newton when
-      'gauss-newton' was asked;
-    * otherwise ``EKFACSolver()`` on the Gauss-Newton, unless 'hessian' was asked (then
-      :func:`default_solver` on the Hessian, which may need damping on a non-convex network).
-    """
-    P, N = curvature.space.size, curvature.n_train
-    size = 'P={} parameters, N={} training examples'.format(P, N)
-    if not callable(getattr(curvature.loss_fn, 'output_hessian_sqrt', None)):
-        solver = default_solver(P, N)
-        return solver, 'hessian', ('{}; the loss has no output-Hessian protocol (ci.OutputLoss), '
-                                   'so Gauss-Newton and EK-FAC are unavailable'.format(size))
-    small = P <= EXACT_MAX_PARAMS
-    if small and requested != 'gauss-newton' and curvature.is_psd():
-        return solvers_module.ExactSolver(), 'hessian', (
-            '{} <= {} and the outputs are affine in the tracked parameters (the Hessian equals '
-            'the Gauss-Newton: convex)'.format(size, EXACT_MAX_PARAMS))
-    if small and requested == 'gauss-newton':
-        return solvers_module.ExactSolver(), 'gauss-newton', '{} <= {}'.format(
-            size, EXACT_MAX_PARAMS)
-    if requested == 'hessian':
-        return default_solver(P, N), 'hessian', (
-            '{}; curvature=\'hessian\' was asked on a model that is not convex in its tracked '
-            'parameters (or large): the Hessian may be indefinite'.format(size))
-    return EKFACSolver(), 'gauss-newton', (
-        '{}; {}: EK-FAC on the Gauss-Newton (positive semi-definite)'.format(
-            size, 'more than {} parameters'.format(EXACT_MAX_PARAMS) if not small else
-            'the outputs are not affine in the tracked parameters (non-convex)'))
 
 
 class InfluenceFunctions(object):
@@ -135,7 +59,8 @@ class InfluenceFunctions(object):
         train: Chainer dataset of tuples (e.g. ``TupleDataset``) or a tuple of arrays.
         loss_fn: ``loss_fn(model, *batch)`` -> per-example losses (B,), twice differentiable.
         solver: ``ExactSolver``, ``CGSolver``, ``LiSSASolver``, ``KFACSolver`` or
-            ``EKFACSolver``; None chooses (see :func:`choose_solver`) and says why on stderr.
+            ``EKFACSolver``; None chooses (see
+            :func:`~chainer_influence.solver_choice.choose_solver`) and says why on stderr.
         weight_decay (float or dict): the training objective's L2 term, as ``WeightDecay(rate)``;
             a dict ``{name: rate}`` gives each tracked parameter its own rate.
         damping (float or None): solves use H + damping I; None: the solver's
@@ -389,7 +314,7 @@ class InfluenceFunctions(object):
         if self.shard.all(cached is not None):  # ranks solve together or not at all
             return self.space.xp.asarray(cached)
         s = self._solve(self._gradients(batch))
-        _check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
+        checks.check_finite(s, 's_test (the solver diverged or the Hessian is singular)')
         s = self.shard.bcast(s.astype(self.curvature.dtype, copy=False))  # same bits everywhere
         cache.save(name, s)
         return s
@@ -464,7 +389,7 @@ class InfluenceFunctions(object):
                     blocks[i] = numpy.concatenate(parts, axis=-1).astype(self.curvature.dtype,
                                                                          copy=False)
                     parts = []
-                    _check_finite(blocks[i], title + ' scores')
+                    checks.check_finite(blocks[i], title + ' scores')
                     cache.save(names[i], blocks[i])
         return self.shard.gather_concat(numpy.concatenate(blocks, axis=-1))
 
@@ -498,7 +423,7 @@ class InfluenceFunctions(object):
         hook = PerSampleGradientHook(self.model, self.param_names)
         self._backward(hook, batch)
         G = self.space.flatten(hook.gradients, lead_shape=(len(batch[0]),))
-        _check_finite(G, 'per-example gradients')
+        checks.check_finite(G, 'per-example gradients')
         return G
 
     def _first_example_rules(self, first):
@@ -540,8 +465,7 @@ class InfluenceFunctions(object):
                         .format(self._cache_dir, e))
                     self._cache_dir = None
                 else:
-                    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
-                    key = key.hexdigest()[:16]
+                    key = fingerprints.hash_json(settings)[:16]
             part = ('rank{}of{}'.format(self.shard.rank, self.shard.size)
                     if self.shard.distributed and self._cache_dir is not None else None)
             self._cache_store = ScoreCache(self._cache_dir, key, settings, part=part)
@@ -549,25 +473,16 @@ class InfluenceFunctions(object):
 
     def _cache_settings(self):
         """Everything the cached results depend on, as a JSON-able dict (hashes for the bulk)."""
-        def sha1(value):
-            return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-        first = get_batch(self.train, [0], self.device)
-        structure = fingerprints.describe_forward(self.model, self.loss_fn, first)
-        return {
-            'versions': {'chainer_influence': __version__, 'chainer': chainer.__version__,
-                         'numpy': numpy.__version__},
-            'loss_fn': getattr(self.loss_fn, '__qualname__', repr(self.loss_fn)),
-            'loss_fn_sha1': sha1(fingerprints.describe_function(self.loss_fn)),
-            'model_functions': [call[0].rsplit('.', 1)[-1] for call in structure['functions']],
-            'model_structure_sha1': sha1(structure),
-            'model_values_sha1': fingerprints.hash_model_values(self.model),
+        settings = fingerprints.score_settings(
+            self.model, self.loss_fn, get_batch(self.train, [0], self.device), self.solver)
+        settings.update({
             'train_sha1': self._train_sha1(),
             'n_train': self.n_train, 'params': self.param_names,
-            'solver': _describe(self.solver), 'weight_decay': self.weight_decay,
+            'weight_decay': self.weight_decay,
             'curvature': self.curvature.kind, 'score_block': SCORE_BLOCK,
             'damping': self._damping if self._damping_given else 'default',
-        }
+        })
+        return settings
 
     def _train_sha1(self):
         """The hash of every training example; with a communicator, each rank hashes its shard
@@ -575,19 +490,11 @@ class InfluenceFunctions(object):
         if not self.shard.distributed:
             return fingerprints.hash_dataset(self._data)
         local = fingerprints.hash_dataset(self._data, begin=self.shard.begin, end=self.shard.end)
-        return hashlib.sha1(json.dumps(self.shard.allgather_obj(local)).encode()).hexdigest()
+        return fingerprints.hash_json(self.shard.allgather_obj(local))
 
     def _say(self, message):
         if self.progress:
             sys.stderr.write('chainer_influence: {}\n'.format(message))
-
-
-def _describe(solver):
-    """A solver's type and scalar settings (not its diagnostics), for the cache fingerprint."""
-    settings = {k: v for k, v in sorted(vars(solver).items())
-                if not k.startswith('_') and k != 'progress'
-                and isinstance(v, (int, float, str, bool, type(None)))}
-    return '{}.{}({})'.format(type(solver).__module__, type(solver).__name__, settings)
 
 
 def _dead_message(space, dead, shift):
@@ -609,10 +516,3 @@ def _copy(array):
     """A copy of ``array``, or None (the other ranks' share of a gathered result)."""
     return None if array is None else array.copy()
 
-
-def _check_finite(array, what):
-    xp = chainer.backend.get_array_module(array)
-    if not bool(xp.isfinite(array).all()):
-        raise FloatingPointError(
-            'non-finite values in {}: check the model for NaN/inf parameters or losses, or add '
-            'damping'.format(what))
