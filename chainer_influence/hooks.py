@@ -305,6 +305,13 @@ class PerSampleGradientHook(PerExampleFunctionHook):
                 gradient_rules.FallbackWarning)
 
 
+def record_eval_backward(hook, model, loss_fn, batch):
+    """Run ``hook.backward`` on ``loss_fn(model, *batch)`` under ``train=False`` (how the library's
+    scoring passes see a model: BatchNormalization with its running statistics)."""
+    with chainer.using_config('train', False), hook:
+        hook.backward(loss_fn(model, *batch))
+
+
 def per_sample_gradients(model, loss_fn, batch, params=None, flat=False):
     """Per-example gradients of ``loss_fn(model, *batch)`` (B,) for the tracked parameters.
 

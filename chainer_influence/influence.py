@@ -31,7 +31,7 @@ from chainer_influence.cache import ScoreCache
 from chainer_influence.curvature import Curvature
 from chainer_influence.devices import model_device, to_host
 from chainer_influence.distributed import digest
-from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward
+from chainer_influence.hooks import PerSampleGradientHook, exclusive_backward, record_eval_backward
 from chainer_influence.kfac import KFACSolver
 from chainer_influence.losses import softmax_cross_entropy_loss
 from chainer_influence.progress import ProgressDisplay
@@ -415,8 +415,7 @@ class InfluenceFunctions(object):
             bar.update(e - b)
 
     def _backward(self, hook, batch):
-        with chainer.using_config('train', False), hook:
-            hook.backward(self.loss_fn(self.model, *batch))
+        record_eval_backward(hook, self.model, self.loss_fn, batch)
 
     def _gradients(self, batch):
         """Flat per-example gradients (B, P) of a (small) batch."""

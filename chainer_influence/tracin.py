@@ -17,7 +17,7 @@ import numpy
 import chainer
 
 from chainer_influence.batches import dataset_length, iterate_batches
-from chainer_influence.hooks import PerSampleGradientHook
+from chainer_influence.hooks import PerSampleGradientHook, record_eval_backward
 from chainer_influence.progress import Progress
 from chainer_influence.devices import to_host
 
@@ -51,11 +51,6 @@ def is_adam_like(optimizer):
     return isinstance(getattr(type(optimizer), 'alpha_t', None), property)
 
 
-def _backward(hook, model, loss_fn, batch):
-    with chainer.using_config('train', False), hook:
-        hook.backward(loss_fn(model, *batch))
-
-
 def gradient_dots(model, loss_fn, train, test_batch, params=None, batch_size=256,
                   progress=True):
     """(M, N) float64: ``grad L(z_test_m) . grad L(z_i)`` at the model's current parameters.
@@ -73,7 +68,7 @@ def gradient_dots(model, loss_fn, train, test_batch, params=None, batch_size=256
     """
     hook = PerSampleGradientHook(model, params)
     m = len(test_batch[0])
-    _backward(hook, model, loss_fn, test_batch)
+    record_eval_backward(hook, model, loss_fn, test_batch)
     test_gradients = hook.space.flatten(hook.gradients, lead_shape=(m,))  # (M, P)
     if not bool(hook.space.xp.isfinite(test_gradients).all()):
         raise FloatingPointError('non-finite test gradients: check the model and the test points')
@@ -83,7 +78,7 @@ def gradient_dots(model, loss_fn, train, test_batch, params=None, batch_size=256
     dots = numpy.empty((m, n), dtype=numpy.float64)
     with Progress(n, 'TracIn', enabled=progress) as bar:
         for begin, end, batch in iterate_batches(train, batch_size, device):
-            _backward(hook, model, loss_fn, batch)
+            record_eval_backward(hook, model, loss_fn, batch)
             dots[:, begin:end] = to_host(hook.contractions).T
             bar.update(end - begin)
     return dots
